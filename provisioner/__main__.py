@@ -1,0 +1,4 @@
+"""`python -m provisioner` runs the CLI."""
+from provisioner.cli import run
+
+run()

@@ -1,0 +1,74 @@
+"""The App object every command receives, and the small Click helpers shared by commands."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from provisioner import proc
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class App:
+    """Global options, resolved once: the filesystem root, the environment, output mode."""
+
+    root: Path = Path("/")
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    verbose: int = 0
+    json: bool = False
+
+    @property
+    def color(self) -> bool | None:
+        return False if "NO_COLOR" in self.environ else None
+
+    def echo(self, text: str = "", *, nl: bool = True) -> None:
+        """Human output to stdout (suppressed under --json so stdout holds one document)."""
+        if not self.json:
+            click.echo(text, nl=nl, color=self.color)
+
+    def info(self, text: str) -> None:
+        """Progress and hints to stderr (always; never pollutes --json)."""
+        click.echo(text, err=True, color=self.color)
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            click.echo(text, err=True, color=self.color)
+
+    def emit_json(self, doc: Any) -> None:
+        click.echo(json.dumps(doc, indent=2, default=str))
+
+    def style(self, text: str, **kw: Any) -> str:
+        if self.color is False or not sys.stdout.isatty():
+            return text
+        return click.style(text, **kw)
+
+    def install_trace(self) -> None:
+        proc.trace = self.info if self.verbose else None
+
+
+pass_app = click.make_pass_decorator(App, ensure=True)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(App).json = True
+    return value
+
+
+def json_option(f: F) -> F:
+    """`--json`: print exactly one JSON document on stdout (also settable as `provision --json`)."""
+    return click.option("--json", "json_out", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_json,
+                        help="Print one JSON document on stdout, nothing else.")(f)
+
+
+def dry_run_option(f: F) -> F:
+    return click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")(f)

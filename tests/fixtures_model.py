@@ -1,0 +1,2 @@
+"""Fixtures for the model tests (registered in conftest.pytest_plugins)."""
+from __future__ import annotations
