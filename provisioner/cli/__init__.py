@@ -56,9 +56,9 @@ def main(ctx: click.Context, root: Path, verbose: int, json_out: bool) -> None:
 
 def _register() -> None:
     # Command modules import only click and provisioner's light modules at import time.
-    from provisioner.cli import cuda, env, model, profile, up, verify
+    from provisioner.cli import chat, cuda, env, model, profile, up, verify
 
-    for module in (profile, cuda, verify, env, model, up):
+    for module in (profile, cuda, verify, env, model, chat, up):
         for command in module.COMMANDS:
             main.add_command(command)
 
