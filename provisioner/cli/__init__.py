@@ -22,6 +22,7 @@ class ProvisionGroup(click.Group):
         except ProvisionError as e:
             if os.environ.get("PROVISION_DEBUG") == "1":
                 raise
+            _record(ctx, e)
             click.echo(f"error: {e.message}", err=True)
             if e.hint:
                 click.echo(f"hint: {e.hint}", err=True)
@@ -31,6 +32,14 @@ class ProvisionGroup(click.Group):
                 raise
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+
+
+def _record(ctx: click.Context, e: ProvisionError) -> None:
+    from provisioner import state
+    from provisioner.errors import CommandError
+
+    detail = (e.stderr or e.stdout) if isinstance(e, CommandError) else ""
+    state.record_failure(os.environ, sys.argv, e.message, e.hint, detail)
 
 
 @click.group(cls=ProvisionGroup, context_settings={"help_option_names": ["-h", "--help"]})

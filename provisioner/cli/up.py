@@ -1,6 +1,140 @@
-"""`provision up` commands (Click layer only)."""
+"""`provision up` and `provision report` (Click layer only)."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
-COMMANDS: list[click.Command] = []
+from provisioner.cli.app import App, json_option, pass_app
+from provisioner.errors import ProvisionError, UsageError
+
+STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "done?", "skipped": "skipped",
+                "ran": "ran", "warn": "warn", "failed": "FAILED"}
+
+
+@click.command("up")
+@click.option("--model", default=None, envvar="PROVISION_MODEL", show_envvar=True,
+              help="Local folder, hub id or built-in name (default: a current Qwen chat model).")
+@click.option("--profile", default="auto", envvar="PROVISION_PROFILE", show_envvar=True,
+              help="Profile name, or auto to choose from this machine.")
+@click.option("--cuda", default=None, help="Pick the profile of this CUDA version (12.6, cu126).")
+@click.option("--name", default=None, help="Environment name (a conda env name with conda).")
+@click.option("--prefix", type=click.Path(path_type=Path), default=None, help="Environment prefix (a venv path).")
+@click.option("--quant", type=click.Choice(["auto", "nf4", "int8", "none"]), default="auto", show_default=True)
+@click.option("--context", type=click.IntRange(min=1), default=None, help="Context tokens to plan for.")
+@click.option("--backend", type=click.Choice(["auto", "conda", "mamba", "micromamba", "venv"]), default="auto",
+              envvar="PROVISION_BACKEND", show_envvar=True)
+@click.option("--python", "python_version", default=None, help="Python X.Y for the environment.")
+@click.option("--torch", "torch_version", default=None, help="Override the profile's torch version.")
+@click.option("--index-url", default=None, help="Where torch wheels come from (https).")
+@click.option("--extra-index-url", default=None)
+@click.option("--find-links", default=None, help="A local folder of wheels.")
+@click.option("--allow-insecure-index", is_flag=True, help="Accept http:// index URLs.")
+@click.option("--endpoint", default=None, help="Hub endpoint (a mirror URL); HF_ENDPOINT is honoured.")
+@click.option("--mirror", default=None, help="A known hub mirror by name (e.g. hf-mirror).")
+@click.option("--local-dir", type=click.Path(path_type=Path), default=None, help="Download the model here.")
+@click.option("--gpu-memory", default=None, help="GiB the model may use, or auto (free memory from NVML).")
+@click.option("--prompt", default=None, help="Smoke-test prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before large downloads or root changes.")
+@click.option("--dry-run", is_flag=True, help="Show the plan (each stage's state) and stop.")
+@json_option
+@pass_app
+def up_command(app: App, model: str | None, profile: str, cuda: str | None, name: str | None,
+               prefix: Path | None, quant: str, context: int | None, backend: str, python_version: str | None,
+               torch_version: str | None, index_url: str | None, extra_index_url: str | None,
+               find_links: str | None, allow_insecure_index: bool, endpoint: str | None, mirror: str | None,
+               local_dir: Path | None, gpu_memory: str | None, prompt: str | None, max_new_tokens: int,
+               yes: bool, dry_run: bool) -> None:
+    """Run the whole walkthrough: diagnose, profile, toolkit, environment, fit, download, smoke chat.
+
+    Each stage is recorded; a rerun after a failure or Ctrl-C resumes at the first stage not done,
+    and a run on a finished machine only re-checks.
+    """
+    from provisioner import up
+
+    if name and prefix:
+        raise UsageError("--name and --prefix are exclusive", hint="give one of them")
+    if endpoint and mirror:
+        raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
+    if model is None:
+        from provisioner import smoke
+
+        model = smoke.DEFAULT_MODEL
+    opts = up.UpOptions(model=model, profile=profile, cuda=cuda, name=name, prefix=prefix, quant=quant,
+                        context=context, backend=backend, python=python_version, torch=torch_version,
+                        index_url=index_url, extra_index_url=extra_index_url, find_links=find_links,
+                        allow_insecure_index=allow_insecure_index, endpoint=endpoint, mirror=mirror,
+                        local_dir=local_dir, gpu_memory=gpu_memory, prompt=prompt,
+                        max_new_tokens=max_new_tokens, yes=yes, dry_run=dry_run)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+
+    def confirm(question: str) -> bool:
+        if not interactive:
+            raise ProvisionError(f"{question} (needs confirmation, and stdin is not a terminal)",
+                                 hint="re-run with --yes")
+        return click.confirm(question, default=False, err=True)
+
+    runner = up.Up(opts, root=app.root, environ=app.environ, say=app.info, confirm=confirm)
+    plan = runner.plan()
+    app.info("Plan:")
+    for row in plan:
+        app.info(f"  {STATUS_WORDS.get(row.status, row.status):>8}  {row.name:<9} {row.message}")
+    if dry_run:
+        if app.json:
+            app.emit_json({"version": 1, "dry_run": True, "plan": [r.to_dict() for r in plan]})
+        return
+    try:
+        result = runner.run()
+    except up.StageFailed:
+        raise
+    if app.json:
+        app.emit_json(result.to_document())
+        return
+    s = result.summary
+    if not result.did_work:
+        app.echo("Nothing to do: every stage was already done (re-checked).")
+    rows = [("GPU", s["gpu"]), ("driver", f"{s['driver'] or 'none'}"
+                                          + (f" (CUDA {s['driver_cuda']})" if s["driver_cuda"] else "")),
+            ("toolkit", s["toolkit"]), ("profile", s["profile"]), ("environment", s["environment"]),
+            ("model", s["model"]), ("precision", f"{s['precision']} (context {s['context']})"),
+            ("peak memory", f"{_gib(s['measured_peak_bytes'])} measured, {_gib(s['estimated_peak_bytes'])} estimated"),
+            ("first token", f"{s['time_to_first_token_s']:.2f} s" if s["time_to_first_token_s"] is not None else "?"),
+            ("speed", f"{s['tokens_per_s']:.1f} tokens/s" if s["tokens_per_s"] is not None else "?"),
+            ("reply", repr(s["reply"]))]
+    app.echo("Summary:")
+    for key, value in rows:
+        app.echo(f"  {key:<12} {value}")
+    if result.chat_command:
+        app.echo(f"\nStart chatting:\n  {result.chat_command}")
+
+
+def _gib(n: float | int | None) -> str:
+    return "?" if n is None else f"{n / 1024**3:.2f} GiB"
+
+
+@click.command("report")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the report here (default: stdout).")
+@click.option("--env", "env_target", default=None, help="Environment to report on (conda name or prefix).")
+@click.option("--profile", "profile_name", default=None, help="Profile to check the environment against.")
+@json_option
+@pass_app
+def report_command(app: App, output: Path | None, env_target: str | None, profile_name: str | None) -> None:
+    """Write one Markdown (or --json) file for a bug report; secrets are redacted."""
+    import json
+
+    from provisioner import bugreport
+
+    doc = bugreport.collect(root=app.root, environ=app.environ, env_target=env_target,
+                            profile_name=profile_name)
+    text = json.dumps(doc, indent=2, default=str) if app.json else bugreport.to_markdown(doc)
+    if output is None:
+        click.echo(text)
+        return
+    output.write_text(text + "\n")
+    app.info(f"wrote {output} ({len(text)} characters); secrets redacted. Attach it to your issue.")
+
+
+COMMANDS: list[click.Command] = [up_command, report_command]

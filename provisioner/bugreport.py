@@ -1,0 +1,130 @@
+"""`provision report`: one redacted Markdown/JSON file with everything a maintainer asks for."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from provisioner import __version__, proc, redact, state
+from provisioner.errors import CommandError, ProvisionError
+
+#: Environment variables worth showing (values redacted when secret-looking).
+ENV_VARS = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "HF_ENDPOINT",
+            "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PIP_INDEX_URL",
+            "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "CONDA_PREFIX", "VIRTUAL_ENV", "BNB_CUDA_VERSION",
+            "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
+            profile_name: str | None) -> dict[str, Any]:
+    """Gather the facts; each section records its own error instead of stopping the report."""
+    from provisioner import cuda, envtarget, gpu, verify
+
+    doc: dict[str, Any] = {
+        "version": 1,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "provision": __version__,
+        "platform": {"python": sys.version.split()[0], "system": platform.platform()},
+        "environment_variables": {k: environ[k] for k in ENV_VARS if k in environ},
+    }
+
+    def section(name: str, fn: Any) -> None:
+        try:
+            doc[name] = fn()
+        except (ProvisionError, OSError, ValueError) as e:
+            doc[name] = {"error": getattr(e, "message", str(e))}
+
+    section("checks", lambda: [c.to_dict() for c in verify.run_checks(
+        root=root, environ=environ, env_target=env_target, profile_name=profile_name)])
+    section("driver", lambda: gpu.probe(environ).to_dict())
+
+    def toolkits() -> dict[str, Any]:
+        link = cuda.read_link(root, environ)
+        out: dict[str, Any] = {"link": link.to_dict() if hasattr(link, "to_dict") else str(link),
+                               "toolkits": [t.to_dict() for t in cuda.toolkits(root, environ)]}
+        nvcc = root / "usr/local/cuda/bin/nvcc"
+        try:
+            out["nvcc_version"] = proc.run([nvcc, "--version"], env=dict(environ), timeout=30).stdout
+        except CommandError as e:
+            out["nvcc_version"] = f"unavailable: {e.message}"
+        on_path = cuda.which_nvcc(environ, root)
+        out["nvcc_on_path"] = str(on_path) if on_path else None
+        return out
+
+    section("cuda", toolkits)
+
+    def environment() -> dict[str, Any]:
+        target = envtarget.resolve(env_target, environ)
+        out: dict[str, Any] = {"prefix": str(target.prefix), "kind": target.kind,
+                               "python": str(target.python)}
+        try:
+            listed = proc.run([target.python, "-m", "pip", "list", "--format=json",
+                               "--disable-pip-version-check"], env=dict(environ), timeout=120)
+            out["packages"] = {p["name"]: p["version"] for p in json.loads(listed.stdout)}
+        except (CommandError, ValueError) as e:
+            out["packages"] = {"error": getattr(e, "message", str(e))}
+        for name in ("provision.lock.json", "provision-env.json"):
+            f = target.prefix / name
+            if f.is_file():
+                try:
+                    out[name] = json.loads(f.read_text())
+                except ValueError:
+                    out[name] = f.read_text()[:4000]
+        return out
+
+    section("environment", environment)
+
+    def profile() -> dict[str, Any] | None:
+        from provisioner import profiles
+
+        name = profile_name
+        lock = (doc.get("environment") or {}).get("provision-env.json") or {}
+        name = name or lock.get("profile")
+        return profiles.get(name, environ).to_dict() if name else None
+
+    section("profile", profile)
+    doc["last_smoke"] = state.read(environ, "last-smoke.json")
+    doc["last_up"] = state.read(environ, "up.json")
+    doc["last_failure"] = state.read(environ, "last-failure.json")
+    return redact.redact(doc, environ)
+
+
+def to_markdown(doc: Mapping[str, Any]) -> str:
+    """The report as Markdown: a verdict table first, then each section as fenced text."""
+    lines = [f"# provision report ({doc.get('generated')})", "",
+             f"provision {doc.get('provision')}, Python {doc['platform']['python']}, "
+             f"{doc['platform']['system']}", ""]
+    checks = doc.get("checks")
+    if isinstance(checks, list):
+        lines += ["## Checks", "", "| status | check | finding | fix |", "|---|---|---|---|"]
+        for c in checks:
+            cells = [c["status"], c["id"], c["message"], c.get("fix") or ""]
+            lines.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
+        lines.append("")
+    cuda = doc.get("cuda") or {}
+    if isinstance(cuda, Mapping) and "nvcc_version" in cuda:
+        lines += ["## nvcc --version (/usr/local/cuda/bin/nvcc)", "", "```", str(cuda["nvcc_version"]).rstrip(),
+                  "```", ""]
+    for key, title in (("driver", "Driver (NVML)"), ("cuda", "CUDA toolkits and the /usr/local/cuda link"),
+                       ("environment", "Environment: packages and lock"), ("profile", "Profile"),
+                       ("last_smoke", "Last smoke chat"), ("last_up", "Last `provision up`"),
+                       ("last_failure", "Last failure"), ("environment_variables", "Environment variables")):
+        value = doc.get(key)
+        lines += [f"## {title}", ""]
+        if value is None:
+            lines += ["(none recorded)", ""]
+            continue
+        if key == "last_failure" and isinstance(value, Mapping):
+            lines += [f"`{' '.join(value.get('argv') or [])}`", "", f"error: {value.get('message')}"]
+            if value.get("hint"):
+                lines.append(f"hint: {value.get('hint')}")
+            if value.get("detail"):
+                lines += ["", "```", str(value["detail"]).rstrip()[-4000:], "```"]
+            lines.append("")
+            continue
+        lines += ["```json", json.dumps(value, indent=2, default=str), "```", ""]
+    return "\n".join(lines)

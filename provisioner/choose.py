@@ -1,0 +1,311 @@
+"""Which profile fits this machine: driver, each GPU's compute capability and the linked toolkit."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provisioner.errors import ProvisionError, UsageError
+from provisioner.versions import CudaVersion, DriverVersion
+
+if TYPE_CHECKING:
+    from provisioner.gpu import DriverInfo
+    from provisioner.profiles import Profile
+
+#: Driver states that mean "no NVIDIA driver on this machine": a CPU build is the right answer.
+#: Any other non-ok state (module not loaded, NVML/RM mismatch, error) is a driver to repair, and
+#: silently falling back to CPU there is what users of other installers complain about.
+NO_DRIVER = ("no-library",)
+
+
+@dataclass(frozen=True)
+class GpuFact:
+    index: int
+    name: str
+    cc: tuple[int, int] | None          # None: NVML could not tell
+
+    @property
+    def sm(self) -> str:
+        return f"sm_{self.cc[0]}{self.cc[1]}" if self.cc else "sm_?"
+
+    def label(self) -> str:
+        return f"GPU {self.index} {self.name}"
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What the profile choice looks at; built by gather_facts() or directly in tests."""
+
+    driver_status: str = "no-library"             # gpu.DriverInfo.status
+    driver_version: DriverVersion | None = None
+    driver_cuda: CudaVersion | None = None        # newest CUDA the driver supports
+    gpus: tuple[GpuFact, ...] = ()
+    toolkit: CudaVersion | None = None            # what /usr/local/cuda points at
+    driver_error: str | None = None
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.driver_status == "ok" and bool(self.gpus)
+
+    def summary(self) -> str:
+        """One line: "driver 575.57.08 (CUDA 12.9), GPU 0 ... (sm_61), toolkit 12.6"."""
+        if self.driver_status != "ok":
+            head = f"no usable NVIDIA driver ({self.driver_status})"
+        else:
+            head = f"driver {self.driver_version or '?'}"
+            if self.driver_cuda:
+                head += f" (CUDA {self.driver_cuda.short})"
+        parts = [head] + [f"{g.label()} ({g.sm})" for g in self.gpus]
+        parts.append(f"toolkit {self.toolkit.short}" if self.toolkit else "no linked toolkit")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "driver_status": self.driver_status,
+            "driver_error": self.driver_error,
+            "driver_version": str(self.driver_version) if self.driver_version else None,
+            "driver_cuda": self.driver_cuda.short if self.driver_cuda else None,
+            "gpus": [{"index": g.index, "name": g.name,
+                      "cc": f"{g.cc[0]}.{g.cc[1]}" if g.cc else None} for g in self.gpus],
+            "toolkit": str(self.toolkit) if self.toolkit else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MachineFacts:
+        def cc(text: Any) -> tuple[int, int] | None:
+            if not text:
+                return None
+            major, minor = str(text).split(".")
+            return int(major), int(minor)
+
+        return cls(
+            driver_status=str(d.get("driver_status") or "no-library"),
+            driver_error=d.get("driver_error"),
+            driver_version=DriverVersion.parse(d["driver_version"]) if d.get("driver_version") else None,
+            driver_cuda=CudaVersion.parse(d["driver_cuda"]) if d.get("driver_cuda") else None,
+            gpus=tuple(GpuFact(int(g["index"]), str(g.get("name") or "?"), cc(g.get("cc")))
+                       for g in d.get("gpus") or ()),
+            toolkit=CudaVersion.parse(d["toolkit"]) if d.get("toolkit") else None,
+        )
+
+    @classmethod
+    def from_probe(cls, info: DriverInfo, toolkit: CudaVersion | None) -> MachineFacts:
+        return cls(
+            driver_status=info.status,
+            driver_error=info.error,
+            driver_version=info.driver_version,
+            driver_cuda=info.cuda,
+            gpus=tuple(GpuFact(g.index, g.name or "?", g.cc) for g in info.gpus),
+            toolkit=toolkit,
+        )
+
+
+def gather_facts(root: Path, environ: Mapping[str, str]) -> MachineFacts:
+    """NVML's view of the driver and GPUs (a subprocess) plus the /usr/local/cuda link under root."""
+    from provisioner import cuda, gpu
+
+    info = gpu.probe(environ)
+    toolkit: CudaVersion | None = None
+    try:
+        link = cuda.read_link(root, environ)
+        tk = getattr(link, "toolkit", None)
+        toolkit = getattr(tk, "version", None) if tk is not None else None
+    except ProvisionError:
+        # a broken link is verify's business; the choice just has no toolkit to prefer
+        toolkit = None
+    return MachineFacts.from_probe(info, toolkit)
+
+
+@dataclass(frozen=True)
+class Choice:
+    profile: Profile
+    reasons: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)    # (profile name, why not)
+
+    def describe(self) -> str:
+        lines = [f"profile {self.profile.name}: " + "; ".join(self.reasons)]
+        lines += [f"  not {name}: {why}" for name, why in self.rejected]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "reasons": list(self.reasons),
+                "rejected": [{"profile": n, "reason": r} for n, r in self.rejected]}
+
+
+def requirement_problems(facts: MachineFacts, *, cuda: CudaVersion | None,
+                         driver_min: DriverVersion | None,
+                         supports_cc: Any = None, wheel: str = "wheel") -> list[str]:
+    """Why a build for `cuda` (None: CPU) cannot run here; empty when it can.
+
+    Shared by the profile choice and `--from-lock`, which has only the recorded facts of a profile.
+    """
+    if cuda is None:
+        return []
+    if not facts.has_gpu:
+        if facts.driver_status == "ok":
+            return ["the NVIDIA driver reports no GPU"]
+        return [f"no usable NVIDIA GPU/driver ({_driver_state(facts)})"]
+    problems = []
+    if driver_min is not None and facts.driver_version is not None and facts.driver_version < driver_min:
+        problems.append(f"needs driver >= {driver_min}, this machine has {facts.driver_version}")
+    if facts.driver_cuda is not None and (cuda.major, cuda.minor) > (facts.driver_cuda.major,
+                                                                     facts.driver_cuda.minor):
+        problems.append(f"CUDA {cuda.short} is newer than the CUDA {facts.driver_cuda.short} "
+                        f"driver {facts.driver_version or '?'} supports")
+    if supports_cc is not None:
+        for g in facts.gpus:
+            if g.cc is not None and not supports_cc(g.cc):
+                problems.append(f"its {wheel} has no kernels for {g.sm} ({g.label()})")
+    return problems
+
+
+def _driver_state(facts: MachineFacts) -> str:
+    if facts.driver_status in NO_DRIVER:
+        return "no libnvidia-ml.so.1 found"
+    return facts.driver_status + (f": {facts.driver_error}" if facts.driver_error else "")
+
+
+def profile_problems(profile: Profile, facts: MachineFacts) -> list[str]:
+    """Why `profile` cannot run on this machine; empty when it can."""
+    return requirement_problems(facts, cuda=profile.cuda, driver_min=profile.driver_min,
+                                supports_cc=profile.supports_cc,
+                                wheel=f"torch {profile.torch} {profile.variant} wheel")
+
+
+def _newest_first(profiles: Sequence[Profile]) -> list[Profile]:
+    # The newest CUDA line first, the newest torch within a line; the line's default profile
+    # (named after its tag, cu126) wins a tie.
+    def key(p: Profile) -> tuple[Any, ...]:
+        cuda = (p.cuda.major, p.cuda.minor) if p.cuda else (0, 0)
+        return (cuda, p.torch, p.name == p.variant, p.name)
+
+    return sorted(profiles, key=key, reverse=True)
+
+
+def _line(v: CudaVersion | None) -> tuple[int, int] | None:
+    return (v.major, v.minor) if v is not None else None
+
+
+def choose_profile(facts: MachineFacts, profiles: Mapping[str, Profile], *,
+                   requested: str | None = None, cuda: CudaVersion | None = None) -> Choice:
+    """The profile to build: `requested` by name, the newest of `cuda`'s line, or the best fit.
+
+    Raises ProvisionError (with the reasons) for a request this machine cannot run, or when no
+    profile fits a machine that has a GPU (never a silent CPU fallback).
+    """
+    if requested and requested != "auto":
+        return _requested(facts, profiles, requested)
+    if cuda is not None:
+        return _for_cuda(facts, profiles, cuda)
+    return _auto(facts, profiles)
+
+
+def _requested(facts: MachineFacts, profiles: Mapping[str, Profile], name: str) -> Choice:
+    profile = profiles.get(name)
+    if profile is None:
+        known = ", ".join(profiles) or "none"
+        raise UsageError(f"no profile named '{name}'",
+                         hint=f"known profiles: {known}; or use --profile auto")
+    problems = profile_problems(profile, facts)
+    if problems:
+        raise ProvisionError(f"profile {name} cannot run on this machine: " + "; ".join(problems),
+                             hint=_refusal_hint(facts))
+    if profile.is_cpu and facts.has_gpu:
+        return Choice(profile, [f"requested with --profile {name} (a CPU build although "
+                                f"{len(facts.gpus)} NVIDIA GPU(s) are present)"])
+    return Choice(profile, [f"requested with --profile {name}"])
+
+
+def _for_cuda(facts: MachineFacts, profiles: Mapping[str, Profile], cuda: CudaVersion) -> Choice:
+    line = [p for p in profiles.values() if _line(p.cuda) == _line(cuda)]
+    if not line:
+        have = sorted({p.cuda.short for p in profiles.values() if p.cuda}, key=CudaVersion.parse)
+        raise UsageError(f"no profile for CUDA {cuda.short}",
+                         hint="profiles exist for CUDA " + ", ".join(have)
+                              + "; or add one under $XDG_CONFIG_HOME/provision/profiles")
+    ranked = _newest_first(line)
+    rejected = []
+    for p in ranked:
+        problems = profile_problems(p, facts)
+        if not problems:
+            return Choice(p, [f"requested with --cuda {cuda.short}", *_fit_reasons(p, facts)],
+                          rejected)
+        rejected.append((p.name, "; ".join(problems)))
+    raise ProvisionError(
+        f"CUDA {cuda.short} cannot run on this machine: {rejected[0][1]}",
+        hint=_refusal_hint(facts))
+
+
+def _auto(facts: MachineFacts, profiles: Mapping[str, Profile]) -> Choice:
+    cpu = _newest_first([p for p in profiles.values() if p.is_cpu])
+    if not facts.has_gpu:
+        if facts.driver_status not in NO_DRIVER and facts.driver_status != "ok":
+            raise ProvisionError(
+                f"the NVIDIA driver is installed but not usable ({_driver_state(facts)})",
+                hint="`provision verify` names the fix (after a driver upgrade: reboot); "
+                     "or build a CPU-only environment with --profile cpu")
+        if not cpu:
+            raise ProvisionError("no NVIDIA GPU/driver detected and no CPU profile exists",
+                                 hint="add a profile with `cuda: null`, or pass --profile NAME")
+        why = ("no NVIDIA GPU/driver detected" if facts.driver_status in NO_DRIVER
+               else f"NVIDIA driver {facts.driver_version or '?'} reports no GPU")
+        return Choice(cpu[0], [why + " -> the CPU build of torch"])
+
+    ranked = _newest_first([p for p in profiles.values() if not p.is_cpu])
+    fit: list[Profile] = []
+    problems_of: dict[str, list[str]] = {}
+    for p in ranked:
+        problems = profile_problems(p, facts)
+        if problems:
+            problems_of[p.name] = problems
+        else:
+            fit.append(p)
+    if not fit:
+        detail = "; ".join(f"{name}: {'; '.join(pr)}" for name, pr in problems_of.items())
+        raise ProvisionError(f"no CUDA profile fits this machine ({facts.summary()}): {detail}",
+                             hint=_refusal_hint(facts))
+
+    chosen, preference = fit[0], ""
+    if facts.toolkit is not None:
+        same = [p for p in fit if _line(p.cuda) == _line(facts.toolkit)]
+        same_major = [p for p in fit if p.cuda and p.cuda.major == facts.toolkit.major]
+        if same:
+            chosen = same[0]
+            preference = f"matches the linked toolkit CUDA {facts.toolkit.short}"
+        elif same_major:
+            chosen = same_major[0]
+            preference = f"closest to the linked toolkit CUDA {facts.toolkit.short}"
+    rejected = []
+    for p in ranked:
+        if p is chosen:
+            break
+        if p.name in problems_of:
+            rejected.append((p.name, "; ".join(problems_of[p.name])))
+        else:
+            rejected.append((p.name, f"fits, but {chosen.name} {preference} "
+                                     f"(pass --cuda {p.cuda.short if p.cuda else '?'} to take it)"))
+    reasons = _fit_reasons(chosen, facts)
+    reasons.insert(0, preference if preference else
+                   "newest profile the driver and every GPU support")
+    return Choice(chosen, reasons, rejected)
+
+
+def _fit_reasons(p: Profile, facts: MachineFacts) -> list[str]:
+    reasons = []
+    if facts.driver_version is not None and p.driver_min is not None:
+        reasons.append(f"driver {facts.driver_version} >= {p.driver_min}")
+    ccs = sorted({g.sm for g in facts.gpus if g.cc is not None})
+    if ccs:
+        reasons.append(f"wheel supports {', '.join(ccs)}")
+    unknown = [g.label() for g in facts.gpus if g.cc is None]
+    if unknown:
+        reasons.append(f"compute capability unknown for {', '.join(unknown)} (not checked)")
+    return reasons
+
+
+def _refusal_hint(facts: MachineFacts) -> str:
+    if not facts.has_gpu:
+        return "use --profile cpu (or --profile auto) on a machine without a usable NVIDIA GPU"
+    return ("upgrade the NVIDIA driver, or pick a profile this machine supports: "
+            "--profile auto chooses one; `provision profile list` shows them all")

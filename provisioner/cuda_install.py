@@ -1,0 +1,280 @@
+"""`cuda install`: a CUDA 13.x toolkit assembled from NVIDIA's PyPI wheels as <root>/usr/local/cuda-X.Y."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner import proc
+from provisioner.cuda import (LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
+                             writable)
+from provisioner.errors import CommandError, PermissionDenied, ProvisionError
+from provisioner.paths import under_root
+from provisioner.versions import CudaVersion
+
+#: The wheels that together hold nvcc, its front end (crt), cicc (nvvm), cudart and the headers.
+WHEELS = ("nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-crt", "nvidia-nvvm", "nvidia-cuda-cccl")
+#: The oldest major whose nvcc ships as a wheel: 12.x wheels (nvidia-cuda-nvcc-cu12) hold ptxas only.
+FIRST_WHEEL_MAJOR = 13
+WHEEL_CACHE_ENV = "PROVISION_CUDA_WHEEL_CACHE"
+PIP_TIMEOUT = 1800      # ~300 MB of wheels over a slow link
+COMPILE_TIMEOUT = 300
+#: nvcc looks for include/ and lib/ under targets/<arch>/ (nvcc.profile's _TARGET_DIR_).
+TARGET_DIRS = {"x86_64": "x86_64-linux", "aarch64": "sbsa-linux"}
+TRIVIAL_CU = "__global__ void provision_check(int *out) { *out = threadIdx.x; }\n"
+# dist-info name -> the version.json key NVIDIA's own installers use for that component
+_COMPONENTS = {"nvidia_cuda_nvcc": "cuda_nvcc", "nvidia_cuda_runtime": "cuda_cudart",
+               "nvidia_cuda_crt": "cuda_crt", "nvidia_nvvm": "libnvvm", "nvidia_cuda_cccl": "cuda_cccl"}
+
+
+def _os_release(root: Path) -> dict[str, str]:
+    data: dict[str, str] = {}
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        path = root / name
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    data[key.strip()] = value.strip().strip('"')
+            break
+    return data
+
+
+def repository_command(version: CudaVersion, root: Path) -> str:
+    """How to install CUDA `version` from NVIDIA's own packages on the distribution under root."""
+    pkg = f"cuda-toolkit-{version.major}-{version.minor}"
+    release = _os_release(root)
+    ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
+    distro = release.get("ID", "") + release.get("VERSION_ID", "").replace(".", "")
+    then = f"; then `{command_line(root, f'cuda switch {version.short}')}`"
+    if ids & {"ubuntu", "debian"}:
+        return (f"add NVIDIA's CUDA apt repository (the `cuda-keyring` package for {distro or 'your release'} "
+                f"from NVIDIA's CUDA downloads page), then "
+                f"`sudo apt-get update && sudo apt-get install -y {pkg}`{then}")
+    if ids & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
+        return (f"add NVIDIA's CUDA repository for {distro or 'your release'} "
+                f"(`sudo dnf config-manager --add-repo` with the .repo file from NVIDIA's CUDA downloads "
+                f"page), then `sudo dnf install -y {pkg}`{then}")
+    if ids & {"sles", "opensuse", "suse"}:
+        return (f"add NVIDIA's CUDA repository for {distro or 'your release'} (`sudo zypper addrepo` with "
+                f"the .repo file from NVIDIA's CUDA downloads page), then `sudo zypper install -y {pkg}`{then}")
+    return (f"download NVIDIA's CUDA {version.short} runfile from its CUDA downloads page and run "
+            f"`sudo sh cuda_{version.short}.*_linux.run --silent --toolkit "
+            f"--installpath={LOCAL}/cuda-{version.short}`{then}")
+
+
+def requirements(version: CudaVersion) -> tuple[str, ...]:
+    """The pinned wheel set: every wheel at X.Y.*; nvcc exactly when a patch (13.1.115) is asked for.
+
+    The wheels of one release do not share patch numbers (runtime 13.1.80 beside nvcc 13.1.115).
+    """
+    reqs = []
+    for name in WHEELS:
+        exact = name == "nvidia-cuda-nvcc" and version.patch is not None
+        reqs.append(f"{name}=={version}" if exact else f"{name}=={version.short}.*")
+    return tuple(reqs)
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """Install CUDA `version` from wheels into `prefix` (under root)."""
+
+    version: CudaVersion
+    root: Path
+    prefix: Path
+    requirements: tuple[str, ...]
+    wheel_cache: Path | None
+    python: str
+    environ: Mapping[str, str] = field(repr=False, compare=False)
+
+    @property
+    def work_dir(self) -> Path:
+        # Hidden and not named cuda-*, so `cuda list` never shows a half-built toolkit.
+        return self.prefix.parent / f".{self.prefix.name}.provision-tmp-{os.getpid()}"
+
+    @property
+    def target(self) -> str:
+        return system_path(self.root, self.prefix)
+
+    def describe(self) -> str:
+        pip = f"{self.python} -m pip"
+        fetch = (f"{pip} install --no-deps --target <tmp> " + " ".join(self.requirements))
+        if self.wheel_cache:
+            fetch += f"\n     (wheels from {self.wheel_cache}, downloaded there first when missing)"
+        tmp = system_path(self.root, self.prefix.parent) + f"/.{self.prefix.name}.provision-tmp-<pid>"
+        return "\n".join([
+            f"Install CUDA {self.version} from NVIDIA's wheels into {self.target}:",
+            f"  1. {fetch}",
+            f"  2. assemble bin/, include/, lib/ (+ lib64 -> lib), nvvm/ and version.json in {tmp}",
+            f"  3. check that its nvcc --version reports {self.version} and compiles a trivial .cu (-c)",
+            f"  4. rename it to {self.target} (atomic: the directory appears complete or not at all)",
+        ])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": str(self.version), "prefix": self.target,
+                "requirements": list(self.requirements),
+                "wheel_cache": str(self.wheel_cache) if self.wheel_cache else None}
+
+
+def plan_install(version: CudaVersion, root: Path, environ: Mapping[str, str], *,
+                 prefix: str | Path | None = None, wheel_cache: str | Path | None = None) -> InstallPlan:
+    """Plan installing CUDA `version` side by side; refuse for 12.x/11.x (no nvcc wheel), an existing
+    target (never replaced) or a target this user may not write."""
+    if version.major < FIRST_WHEEL_MAJOR:
+        raise ProvisionError(
+            f"CUDA {version} cannot be installed from PyPI wheels: NVIDIA's {version.major}.x wheels "
+            f"(nvidia-cuda-nvcc-cu{version.major}) carry ptxas and libnvvm but no nvcc",
+            hint=repository_command(version, root))
+    if prefix is None:
+        target = under_root(root, f"{LOCAL}/cuda-{version.short}")
+    else:
+        given = Path(prefix)
+        # --prefix is a system path like every other one: it is re-anchored at --root.
+        target = under_root(root, given if given.is_absolute() else Path.cwd() / given)
+    shown = system_path(root, target)
+    args = f"cuda install {version}" + (f" --prefix {prefix}" if prefix is not None else "")
+    if os.path.lexists(target):
+        found = read_toolkit(target, root, environ) if target.is_dir() else None
+        what = f" ({found.label})" if found and found.version else ""
+        raise ProvisionError(
+            f"{shown} already exists{what}; provision never replaces it",
+            hint=(f"use it with `{command_line(root, f'cuda switch {version.short}')}`, or move it aside "
+                  f"(`sudo mv {shown} {shown}.old`) and install again"))
+    if not writable(target.parent):
+        raise PermissionDenied(f"cannot create {shown}: {system_path(root, target.parent)} is not "
+                               f"writable by this user",
+                               hint=f"re-run with sudo: `sudo {command_line(root, args)}`")
+    cache_text = wheel_cache if wheel_cache is not None else environ.get(WHEEL_CACHE_ENV) or None
+    cache = Path(cache_text).expanduser() if cache_text else None
+    return InstallPlan(version, root, target, requirements(version), cache, sys.executable, environ)
+
+
+def _pip(plan: InstallPlan, *args: str | Path) -> None:
+    try:
+        proc.run([plan.python, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
+                 timeout=PIP_TIMEOUT, env=plan.environ)
+    except CommandError as e:
+        text = e.stderr + e.stdout
+        if "No matching distribution" in text or "Could not find a version" in text:
+            raise ProvisionError(
+                f"no NVIDIA wheels for CUDA {plan.version} were found ({' '.join(plan.requirements)})",
+                hint="pick a released 13.x version; `pip index versions nvidia-cuda-nvcc` lists them") from e
+        if "No module named pip" in text:
+            raise ProvisionError(f"{plan.python} has no pip", hint="install pip into provision's own "
+                                 "environment (re-run install.sh)") from e
+        raise
+
+
+def _fetch(plan: InstallPlan, stage: Path, progress: Callable[[str], None]) -> None:
+    common = ("install", "--no-deps", "--only-binary", ":all:", "--no-compile", "--target", str(stage))
+    if plan.wheel_cache is None:
+        progress(f"downloading CUDA {plan.version} wheels ({len(WHEELS)} wheels, ~300 MB)")
+        _pip(plan, *common, *plan.requirements)
+        return
+    cache = plan.wheel_cache
+    cache.mkdir(parents=True, exist_ok=True)
+    offline = (*common, "--no-index", "--find-links", str(cache), *plan.requirements)
+    try:
+        _pip(plan, *offline)
+        return
+    except ProvisionError:
+        pass  # not all in the cache yet
+    shutil.rmtree(stage, ignore_errors=True)
+    progress(f"downloading CUDA {plan.version} wheels into {cache} (~300 MB)")
+    _pip(plan, "download", "--no-deps", "--only-binary", ":all:", "-d", str(cache), *plan.requirements)
+    _pip(plan, *offline)
+
+
+def _dist_versions(stage: Path) -> dict[str, str]:
+    """`nvidia_cuda_nvcc-13.1.115.dist-info` -> {"nvidia_cuda_nvcc": "13.1.115"}."""
+    out = {}
+    for d in stage.glob("*.dist-info"):
+        name, _, version = d.name[: -len(".dist-info")].rpartition("-")
+        out[name.lower()] = version
+    return out
+
+
+def _assemble(tree: Path, stage: Path, plan: InstallPlan) -> None:
+    """Give the wheels' nvidia/cuXX tree the usual toolkit layout, its provenance and a version.json."""
+    if not (tree / "lib64").exists():
+        (tree / "lib64").symlink_to("lib")
+    arch = TARGET_DIRS.get(platform.machine())
+    if arch and not (tree / "targets" / arch).exists():
+        (tree / "targets" / arch).mkdir(parents=True)
+        (tree / "targets" / arch / "include").symlink_to("../../include")
+        (tree / "targets" / arch / "lib").symlink_to("../../lib")
+    dist = tree / "dist-info"
+    dist.mkdir(exist_ok=True)
+    for d in stage.glob("*.dist-info"):
+        shutil.copytree(d, dist / d.name, symlinks=True)
+    versions = _dist_versions(stage)
+    nvcc = versions.get("nvidia_cuda_nvcc", str(plan.version))
+    doc: dict[str, Any] = {"cuda": {"name": "CUDA SDK", "version": nvcc}}
+    for wheel, key in _COMPONENTS.items():
+        if wheel in versions:
+            doc[key] = {"name": wheel, "version": versions[wheel]}
+    doc["provision"] = {"installed_by": f"provision cuda install {plan.version}",
+                        "wheels": {k: v for k, v in sorted(versions.items())}}
+    (tree / "version.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _compile_check(tree: Path, scratch: Path, environ: Mapping[str, str]) -> None:
+    scratch.mkdir(parents=True, exist_ok=True)
+    source = scratch / "provision_check.cu"
+    source.write_text(TRIVIAL_CU)
+    try:
+        proc.run([tree / "bin" / "nvcc", "-c", source, "-o", scratch / "provision_check.o"],
+                 timeout=COMPILE_TIMEOUT, env=environ, cwd=scratch)
+    except CommandError as e:
+        raise ProvisionError(f"the new toolkit's nvcc could not compile a trivial .cu file: {e.message}",
+                             hint="nvcc needs a host C++ compiler: install g++ (e.g. `sudo apt-get install "
+                                  "g++`) and run the install again") from e
+    if not (scratch / "provision_check.o").is_file():
+        raise ProvisionError("the new toolkit's nvcc exited 0 but wrote no object file",
+                             hint="report this with the output of `provision -v cuda install ...`")
+
+
+def apply_install(plan: InstallPlan, progress: Callable[[str], None] | None = None) -> Toolkit:
+    """Fetch, assemble and check the toolkit in a hidden directory beside the target, then rename it
+    into place; nothing is left behind on failure."""
+    say = progress or (lambda _msg: None)
+    work = plan.work_dir
+    try:
+        plan.prefix.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(work):
+            shutil.rmtree(work)  # a killed install with our pid
+        work.mkdir()
+        stage = work / "wheels"
+        _fetch(plan, stage, say)
+        tree = stage / "nvidia" / f"cu{plan.version.major}"
+        if not (tree / "bin" / "nvcc").is_file():
+            raise ProvisionError(f"the CUDA {plan.version} wheels hold no nvidia/cu{plan.version.major}/bin/nvcc",
+                                 hint="NVIDIA changed the wheel layout; install the toolkit from NVIDIA's "
+                                      "repository instead")
+        say(f"assembling {plan.target}")
+        _assemble(tree, stage, plan)
+        reported, _ = nvcc_version(tree / "bin" / "nvcc", plan.environ)
+        if not plan.version.same_release(reported):
+            raise ProvisionError(f"the installed nvcc reports CUDA {reported}, not {plan.version}",
+                                 hint="the package index served other versions than pinned; retry, "
+                                      "or pass the full version (e.g. 13.1.115)")
+        say(f"checking that nvcc {reported} compiles a trivial .cu file")
+        _compile_check(tree, work / "check", plan.environ)
+        if os.path.lexists(plan.prefix):
+            raise ProvisionError(f"{plan.target} appeared while installing; it was left alone",
+                                 hint="another install ran at the same time; check it with "
+                                      f"`{command_line(plan.root, 'cuda list')}`")
+        os.rename(tree, plan.prefix)
+    except PermissionError as e:
+        raise PermissionDenied(f"cannot create {plan.target}: {e.strerror}: {e.filename}",
+                               hint=f"re-run with sudo: `sudo {command_line(plan.root, f'cuda install {plan.version}')}`"
+                               ) from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return read_toolkit(plan.prefix, plan.root, plan.environ)

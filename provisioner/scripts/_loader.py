@@ -1,0 +1,405 @@
+"""Load a chat model the walkthrough's way, stream one reply, and measure it (shared by smoke_chat and chat_repl).
+
+Runs inside the TARGET environment's interpreter, never inside provision: only the standard library is
+imported at module level; torch, transformers and bitsandbytes are imported by the functions. The scripts
+next to this file import it by name (a script's own folder is first on sys.path).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import logging
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+QUANTS = ("nf4", "int8", "none")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+# The walkthrough's sampling settings, used when sampling is asked for.
+SAMPLE_TEMPERATURE = 0.6
+SAMPLE_TOP_P = 0.9
+PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "safetensors", "tokenizers")
+# Loggers whose warnings we keep out of the streamed reply and report instead.
+LOGGERS = ("transformers", "bitsandbytes", "accelerate", "torch")
+MAX_LISTED = 20
+
+
+class ModelNotFound(Exception):
+    """The model argument names a local folder that does not exist or is not a model folder."""
+
+
+class NoChatTemplate(Exception):
+    """The tokenizer has no chat template: a base model, not a chat (Instruct) model."""
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def looks_local(model: str) -> bool:
+    """A path rather than a hub id: hub ids are `name` or `owner/name`, never absolute or dotted."""
+    return (model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+            or model.count("/") > 1 or os.path.isdir(model))
+
+
+def check_local(model: str) -> str:
+    """The local folder for `model` (expanded), or raise ModelNotFound with the reason."""
+    path = os.path.expanduser(model)
+    if not os.path.exists(path):
+        raise ModelNotFound(f"model folder {model} does not exist")
+    if not os.path.isdir(path):
+        raise ModelNotFound(f"{model} is a file, not a model folder")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelNotFound(f"{model} has no config.json: not a transformers model folder")
+    return path
+
+
+@dataclass
+class Notes:
+    """Warnings and library log records seen while loading and generating (deduplicated, in order)."""
+
+    seen: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        text = text.strip()
+        if text and text not in self.seen:
+            self.seen.append(text)
+
+
+class _NoteHandler(logging.Handler):
+    def __init__(self, notes: Notes) -> None:
+        super().__init__(logging.WARNING)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notes.add(f"{record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def capture_notes(notes: Notes) -> Iterator[None]:
+    """Route library warnings into `notes` so they neither interleave with the reply nor get lost."""
+    handler = _NoteHandler(notes)
+    saved = []
+    for name in LOGGERS:
+        log = logging.getLogger(name)
+        saved.append((log, log.propagate, list(log.handlers)))
+        log.handlers = [handler]
+        log.propagate = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            for w in caught:
+                notes.add(f"{w.category.__name__}: {w.message}")
+            for log, propagate, handlers in saved:
+                log.handlers = handlers
+                log.propagate = propagate
+
+
+def quiet_transformers() -> None:
+    """transformers installs its own stderr handler on import; ours (capture_notes) replaces it."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_default_handler()
+    except Exception:  # noqa: BLE001 - older transformers: its handler just stays
+        pass
+
+
+def rss_peak_bytes() -> int:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
+def choose_dtypes(torch: Any, quant: str, dtype: str, on_gpu: bool) -> tuple[Any, Any]:
+    """(dtype of the unquantized modules, bitsandbytes compute dtype).
+
+    GPU: float16 as the walkthrough does (`bnb_4bit_compute_dtype=torch.float16`). CPU: float32, since
+    CPUs without AVX-512 BF16 compute bfloat16 and float16 slower than float32.
+    """
+    if dtype != "auto":
+        chosen = getattr(torch, dtype)
+    elif on_gpu:
+        chosen = torch.float16
+    else:
+        chosen = torch.float32
+    return chosen, chosen
+
+
+def load(model_id: str, *, quant: str = "nf4", dtype: str = "auto", trust_remote_code: bool = False,
+         device_map: str = "auto", notes: Notes | None = None) -> Loaded:
+    """Load tokenizer and model as the walkthrough does; `info` gets the timings, placement, memory."""
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; use one of {', '.join(QUANTS)}")
+    notes = notes if notes is not None else Notes()
+    info: dict[str, Any] = {"model": model_id, "quant": quant, "versions": versions()}
+    source = check_local(model_id) if looks_local(model_id) else model_id
+    t0 = time.perf_counter()
+    with capture_notes(notes):
+        import torch
+        import transformers  # noqa: F401 - imported here so its handler can be replaced first
+
+        quiet_transformers()
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    info["import_s"] = time.perf_counter() - t0
+    on_gpu = bool(torch.cuda.is_available())
+    info["torch_cuda"] = torch.version.cuda
+    info["cuda_available"] = on_gpu
+    info["gpu"] = gpu_facts(torch) if on_gpu else None
+    dt, compute = choose_dtypes(torch, quant, dtype, on_gpu)
+    kwargs: dict[str, Any] = {"device_map": device_map, "dtype": dt}
+    if quant == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    elif quant == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    info["dtype"] = str(dt).removeprefix("torch.")
+    info["compute_dtype"] = str(compute).removeprefix("torch.") if quant == "nf4" else info["dtype"]
+    if on_gpu:
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
+    info["rss_before_load_bytes"] = rss_peak_bytes()
+    t1 = time.perf_counter()
+    with capture_notes(notes):
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model.eval()
+    info["load_s"] = time.perf_counter() - t1
+    info["device"] = str(first_device(model))
+    info["placement"] = placement(model, on_gpu)
+    info["footprint_bytes"] = int(model.get_memory_footprint())
+    info["architecture"] = type(model).__name__
+    if on_gpu:
+        info["cuda_allocated_after_load_bytes"] = sum(
+            torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+    return Loaded(model=model, tokenizer=tok, info=info)
+
+
+def gpu_facts(torch: Any) -> dict[str, Any]:
+    free, total = torch.cuda.mem_get_info(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+            "total_bytes": int(total), "free_before_load_bytes": int(free),
+            "capability": f"{major}.{minor}"}
+
+
+def first_device(model: Any) -> Any:
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return "meta"
+
+
+def _device_name(value: object) -> str:
+    # accelerate writes GPU indices as ints ("0") and offload targets as "cpu"/"disk".
+    if isinstance(value, int):
+        return f"cuda:{value}"
+    text = str(value)
+    return f"cuda:{text}" if text.isdigit() else text
+
+
+def placement(model: Any, on_gpu: bool) -> dict[str, Any]:
+    """Where every module with weights lives: counts and bytes per device, and what left the GPU."""
+    device_map = {k: _device_name(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
+    keys = sorted(device_map, key=len, reverse=True)
+    modules: Counter[str] = Counter()
+    nbytes: Counter[str] = Counter()
+    offloaded: list[str] = []
+    seen: set[int] = set()  # tied weights (embeddings and LM head) are one tensor: count it once
+    for name, module in model.named_modules():
+        tensors = [t for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
+                   if id(t) not in seen]
+        seen.update(id(t) for t in tensors)
+        if not tensors:
+            continue
+        where = next((device_map[k] for k in keys
+                      if k == "" or name == k or name.startswith(k + ".")), None)
+        if where is None:
+            where = str(tensors[0].device)
+        modules[where] += 1
+        nbytes[where] += sum(t.numel() * t.element_size() for t in tensors)
+        if on_gpu and not where.startswith("cuda"):
+            offloaded.append(name)
+    shown = dict(list(device_map.items())[:MAX_LISTED])
+    return {"modules_by_device": dict(modules), "bytes_by_device": dict(nbytes),
+            "offloaded": offloaded[:MAX_LISTED], "n_offloaded": len(offloaded),
+            "n_modules": sum(modules.values()),
+            "device_map": shown, "device_map_entries": len(device_map)}
+
+
+class _Clock:
+    """A StoppingCriteria that timestamps every generated token and stops when `stop` is set."""
+
+    def __init__(self, stop: threading.Event | None) -> None:
+        self.stop = stop
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.times.append(time.perf_counter())
+        flag = self.stop is not None and self.stop.is_set()
+        return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
+
+
+def generation_kwargs(model: Any, tok: Any, *, max_new_tokens: int, sample: bool) -> dict[str, Any]:
+    # Start from the model's own generation config (eos ids, repetition penalty) and override only
+    # the decoding mode; greedy clears the sampling knobs so transformers does not warn about them.
+    gc = copy.deepcopy(model.generation_config)
+    gc.max_new_tokens = max_new_tokens
+    if sample:
+        gc.do_sample = True
+        gc.temperature = SAMPLE_TEMPERATURE
+        gc.top_p = SAMPLE_TOP_P
+    else:
+        gc.do_sample = False
+        gc.temperature = None
+        gc.top_p = None
+        gc.top_k = None
+        gc.min_p = None
+    if gc.pad_token_id is None:
+        gc.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return {"generation_config": gc}
+
+
+def encode(tok: Any, messages: list[Mapping[str, str]]) -> Any:
+    if not getattr(tok, "chat_template", None):
+        raise NoChatTemplate("the tokenizer has no chat template (a base model, not a chat model)")
+    return tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
+                                   return_dict=True)
+
+
+def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_tokens: int = 64,
+             sample: bool = False, on_text: Callable[[str], None] | None = None,
+             stop: threading.Event | None = None, notes: Notes | None = None) -> dict[str, Any]:
+    """Stream one reply for `messages`; returns the reply (new tokens only) and its timings."""
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    model, tok = loaded.model, loaded.tokenizer
+    notes = notes if notes is not None else Notes()
+    enc = encode(tok, messages)
+    device = first_device(model)
+    enc = {k: v.to(device) for k, v in enc.items()}
+    prompt_len = int(enc["input_ids"].shape[1])
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    clock = _Clock(stop)
+    kwargs = dict(enc, streamer=streamer, stopping_criteria=StoppingCriteriaList([clock]),
+                  **generation_kwargs(model, tok, max_new_tokens=max_new_tokens, sample=sample))
+    holder: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with capture_notes(notes):
+                holder["out"] = model.generate(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            holder["error"] = e
+            streamer.end()
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=work, name="generate", daemon=True)
+    thread.start()
+    for text in streamer:
+        if on_text is not None and text:
+            on_text(text)
+    thread.join()
+    t_end = time.perf_counter()
+    if "error" in holder:
+        raise holder["error"]
+    new = holder["out"][0, prompt_len:]
+    n_new = int(new.shape[0])
+    eos = loaded.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+    if stop is not None and stop.is_set():
+        reason = "interrupted"
+    elif n_new and int(new[-1]) in eos_ids:
+        reason = "eos"
+    elif n_new >= max_new_tokens:
+        reason = "max_new_tokens"
+    else:
+        reason = "stopped"
+    times = clock.times
+    ttft = times[0] - t0 if times else None
+    decode_rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+    gen_s = t_end - t0
+    return {
+        "reply": tok.decode(new, skip_special_tokens=True),
+        "n_prompt_tokens": prompt_len,
+        "n_new_tokens": n_new,
+        "stop_reason": reason,
+        "ttft_s": ttft,
+        "generate_s": gen_s,
+        "tokens_per_s": n_new / gen_s if gen_s > 0 else None,
+        "decode_tokens_per_s": decode_rate,
+    }
+
+
+def memory(loaded: Loaded) -> dict[str, Any]:
+    """Peak memory: the CUDA allocator's peak on a GPU, the process's peak RSS on the CPU."""
+    import torch
+
+    info = loaded.info
+    found: dict[str, Any] = {"footprint_bytes": info.get("footprint_bytes"),
+                             "rss_before_load_bytes": info.get("rss_before_load_bytes"),
+                             "peak_rss_bytes": rss_peak_bytes()}
+    if info.get("cuda_available"):
+        n = torch.cuda.device_count()
+        found["kind"] = "cuda_max_allocated"
+        found["peak_bytes"] = sum(torch.cuda.max_memory_allocated(i) for i in range(n))
+        found["cuda_max_reserved_bytes"] = sum(torch.cuda.max_memory_reserved(i) for i in range(n))
+        found["cuda_allocated_after_load_bytes"] = info.get("cuda_allocated_after_load_bytes")
+    else:
+        found["kind"] = "peak_rss"
+        found["peak_bytes"] = found["peak_rss_bytes"]
+    return found
+
+
+def is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "CUDA out of memory" in str(exc) or (
+        isinstance(exc, MemoryError))
+
+
+def error_fields(exc: BaseException, stage: str) -> dict[str, Any]:
+    """What a failure reports: the message, the type, the last traceback lines, and OOM-ness."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"error": str(exc).strip() or type(exc).__name__, "error_type": type(exc).__name__,
+            "traceback": "\n".join(tb.rstrip().splitlines()[-25:]), "oom": is_oom(exc),
+            "stage": stage}
+
+
+def write_text(stream: Any) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+def eprint(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)

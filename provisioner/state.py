@@ -1,0 +1,50 @@
+"""Small JSON records in $XDG_STATE_HOME/provision: the last failure, last results of stages."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from provisioner import paths
+
+
+def path(environ: Mapping[str, str], name: str) -> Path:
+    return paths.state_dir(environ) / name
+
+
+def read(environ: Mapping[str, str], name: str) -> Any | None:
+    try:
+        return json.loads(path(environ, name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write(environ: Mapping[str, str], name: str, data: Any) -> Path:
+    """Write atomically (temp file + rename), so an interrupted run never leaves half a record."""
+    target = path(environ, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def record_failure(environ: Mapping[str, str], argv: Sequence[str], message: str,
+                   hint: str | None, detail: str = "") -> None:
+    """Keep the last user-facing failure for `provision report`; never fails the caller."""
+    try:
+        write(environ, "last-failure.json", {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
+            "message": message, "hint": hint, "detail": detail[-8000:],
+        })
+    except OSError:
+        pass
