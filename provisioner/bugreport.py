@@ -46,11 +46,16 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
         link = cuda.read_link(root, environ)
         out: dict[str, Any] = {"link": link.to_dict() if hasattr(link, "to_dict") else str(link),
                                "toolkits": [t.to_dict() for t in cuda.toolkits(root, environ)]}
-        nvcc = root / "usr/local/cuda/bin/nvcc"
-        try:
-            out["nvcc_version"] = proc.run([nvcc, "--version"], env=dict(environ), timeout=30).stdout
-        except CommandError as e:
-            out["nvcc_version"] = f"unavailable: {e.message}"
+        # The link's own toolkit (re-anchored under root), never the path text: an absolute link
+        # target under --root would otherwise run this machine's nvcc.
+        if link.toolkit is not None and link.toolkit.has_nvcc:
+            try:
+                out["nvcc_version"] = proc.run([link.toolkit.path / "bin" / "nvcc", "--version"],
+                                               env=dict(environ), timeout=30).stdout
+            except CommandError as e:
+                out["nvcc_version"] = f"unavailable: {e.message}"
+        else:
+            out["nvcc_version"] = f"unavailable: /usr/local/cuda is {link.state}"
         on_path = cuda.which_nvcc(environ, root)
         out["nvcc_on_path"] = str(on_path) if on_path else None
         return out

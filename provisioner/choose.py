@@ -43,6 +43,8 @@ class MachineFacts:
     gpus: tuple[GpuFact, ...] = ()
     toolkit: CudaVersion | None = None            # what /usr/local/cuda points at
     driver_error: str | None = None
+    #: NVML's full answer (memory, processes) for callers that need more than the choice does
+    driver: DriverInfo | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_gpu(self) -> bool:
@@ -98,7 +100,12 @@ class MachineFacts:
             driver_cuda=info.cuda,
             gpus=tuple(GpuFact(g.index, g.name or "?", g.cc) for g in info.gpus),
             toolkit=toolkit,
+            driver=info,
         )
+
+
+def facts_to_dict(facts: MachineFacts) -> dict[str, Any]:
+    return facts.to_dict()
 
 
 def gather_facts(root: Path, environ: Mapping[str, str]) -> MachineFacts:
@@ -149,10 +156,13 @@ def requirement_problems(facts: MachineFacts, *, cuda: CudaVersion | None,
     problems = []
     if driver_min is not None and facts.driver_version is not None and facts.driver_version < driver_min:
         problems.append(f"needs driver >= {driver_min}, this machine has {facts.driver_version}")
-    if facts.driver_cuda is not None and (cuda.major, cuda.minor) > (facts.driver_cuda.major,
-                                                                     facts.driver_cuda.minor):
-        problems.append(f"CUDA {cuda.short} is newer than the CUDA {facts.driver_cuda.short} "
-                        f"driver {facts.driver_version or '?'} supports")
+    # Within a major release a newer wheel runs on an older driver of that family (CUDA minor
+    # version compatibility; the profile's driver_min carries that floor with its source). Across
+    # majors it cannot: a 13.x wheel on a driver that speaks 12.x fails with "driver too old".
+    if (not problems and facts.driver_cuda is not None
+            and cuda.major > facts.driver_cuda.major):
+        problems.append(f"a CUDA {cuda.major}.x build needs a CUDA {cuda.major} driver; driver "
+                        f"{facts.driver_version or '?'} supports CUDA {facts.driver_cuda.short}")
     if supports_cc is not None:
         for g in facts.gpus:
             if g.cc is not None and not supports_cc(g.cc):
@@ -174,11 +184,11 @@ def profile_problems(profile: Profile, facts: MachineFacts) -> list[str]:
 
 
 def _newest_first(profiles: Sequence[Profile]) -> list[Profile]:
-    # The newest CUDA line first, the newest torch within a line; the line's default profile
-    # (named after its tag, cu126) wins a tie.
+    # The newest torch first (a cu129 build of torch 2.8 is older than a cu126 build of 2.13),
+    # then the newest CUDA build of it; a line's default profile (named cu126) wins a tie.
     def key(p: Profile) -> tuple[Any, ...]:
         cuda = (p.cuda.major, p.cuda.minor) if p.cuda else (0, 0)
-        return (cuda, p.torch, p.name == p.variant, p.name)
+        return (p.torch, cuda, p.name == p.variant, p.name)
 
     return sorted(profiles, key=key, reverse=True)
 
@@ -295,6 +305,9 @@ def _fit_reasons(p: Profile, facts: MachineFacts) -> list[str]:
     reasons = []
     if facts.driver_version is not None and p.driver_min is not None:
         reasons.append(f"driver {facts.driver_version} >= {p.driver_min}")
+    if p.cuda is not None and facts.driver_cuda is not None and _line(p.cuda) > _line(facts.driver_cuda):
+        reasons.append(f"CUDA {p.cuda.short} on a CUDA {facts.driver_cuda.short} driver through "
+                       f"minor version compatibility")
     ccs = sorted({g.sm for g in facts.gpus if g.cc is not None})
     if ccs:
         reasons.append(f"wheel supports {', '.join(ccs)}")

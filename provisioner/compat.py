@@ -80,7 +80,7 @@ def _parse(doc: dict[str, Any]) -> DriverTable:
 @functools.cache
 def table() -> DriverTable:
     """The parsed data file, read once per process."""
-    text = resources.files("provisioner").joinpath("data", DATA_FILE).read_text(encoding="utf-8")
+    text = resources.files("provisioner").joinpath("data").joinpath(DATA_FILE).read_text(encoding="utf-8")
     return _parse(yaml.safe_load(text))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import proc
-from provisioner.errors import CommandError, PermissionDenied, ProvisionError
+from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.paths import under_root
 from provisioner.report import Check, Status
 from provisioner.versions import CudaVersion
@@ -186,7 +186,7 @@ def which_nvcc(environ: Mapping[str, str], root: Path = Path("/")) -> Path | Non
     """The first executable `nvcc` on environ["PATH"] (entries are system paths, looked up under root)."""
     for entry in environ.get("PATH", "").split(os.pathsep):
         if not entry or not entry.startswith("/"):
-            continue  # relative entries depend on the caller's cwd; a shell would not find nvcc there reliably
+            continue  # a relative entry depends on the caller's cwd: not a stable place for nvcc
         candidate = under_root(root, entry) / "nvcc"
         real = _inside(root, candidate)
         if real.is_file() and os.access(real, os.X_OK):
@@ -420,7 +420,7 @@ def _script_text(path: Path) -> str | None:
     return head.decode(errors="replace")
 
 
-def _bypass(root: Path, first: Path, final: Path) -> str | None:
+def _bypass(first: Path, final: Path) -> str | None:
     """How the nvcc at `first` reaches a versioned toolkit without the link, in words, or None."""
     own = final.parent.parent.name  # .../cuda-12.6/bin/nvcc belongs to cuda-12.6
     if first.is_symlink():
@@ -462,7 +462,7 @@ def check_nvcc_path(root: Path, environ: Mapping[str, str]) -> Check:
                                "versioned_entries": versioned, "link_target": state.target_system}
     link_tk = state.toolkit if state.state == "ok" else None
     if first is None:
-        if link_tk is None and not toolkits(root, environ):
+        if state.state == "missing" and not toolkits(root, environ):
             return Check("cuda.nvcc_path", Status.SKIP, "no CUDA toolkit installed and no nvcc on PATH",
                          None, data)
         problems.insert(0, f"no nvcc on PATH ({LINK}/bin is not on it)")
@@ -471,7 +471,7 @@ def check_nvcc_path(root: Path, environ: Mapping[str, str]) -> Check:
         final = _inside(root, first)
         final_sys = system_path(root, final)
         data["nvcc_resolved"] = final_sys
-        bypass = _bypass(root, first, final)
+        bypass = _bypass(first, final)
         if bypass:
             data["bypass"] = bypass
             problems.append(f"the first nvcc on PATH, {shown}, {bypass}, bypassing {LINK}")
@@ -537,7 +537,7 @@ class SwitchPlan:
             lines.append(f"  1. check that {LINK}/bin/nvcc --version reports {self.version}")
             return "\n".join(lines)
         if self.current.raw_target and self.current.raw_target.startswith("/etc/alternatives"):
-            lines.append(f"  note: the link goes through update-alternatives; it becomes a direct link")
+            lines.append("  note: the link goes through update-alternatives; it becomes a direct link")
         lines += [
             f"  1. lock {STATE_DIR}/{LOCK_NAME} (one switch at a time)",
             f"  2. record the current target in {STATE_DIR}/{RECORD_NAME} (for `provision cuda rollback`)",
@@ -547,14 +547,15 @@ class SwitchPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "version": str(self.version), "link": LINK,
+        return {"action": self.action, "cuda_version": str(self.version), "link_path": LINK,
                 "link_text": self.link_text, "toolkit": self.toolkit.to_dict(),
                 "current": self.current.to_dict(), "unchanged": self.unchanged}
 
 
 def _refuse_unswitchable(root: Path, state: LinkState, then: str) -> None:
     if state.state == "directory":
-        found = f" ({state.toolkit.label})" if state.toolkit and state.toolkit.version else ""
+        found = (f" holding CUDA {state.toolkit.version}" if state.toolkit and state.toolkit.version
+                 else "")
         raise ProvisionError(f"{LINK} is a real directory{found}, not a link; nothing was changed",
                              hint=_move_aside_hint(root, state, then))
     if state.state == "not-a-link-file":
@@ -616,7 +617,8 @@ def read_record(root: Path) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as e:
         raise ProvisionError(f"{STATE_DIR}/{RECORD_NAME} is unreadable: {e}",
-                             hint=f"remove it and switch explicitly: `{command_line(root, 'cuda switch X.Y')}`")
+                             hint="remove it and switch explicitly: "
+                                  f"`{command_line(root, 'cuda switch X.Y')}`")
     return data if isinstance(data, dict) else None
 
 
@@ -632,7 +634,8 @@ def plan_rollback(root: Path, environ: Mapping[str, str]) -> SwitchPlan:
                                   f"(`{command_line(root, 'cuda list')}` shows what is installed)")
     previous = record.get("previous")
     if not isinstance(previous, str) or not previous:
-        raise ProvisionError(f"{LINK} did not exist before the last switch, so there is nothing to roll back to",
+        raise ProvisionError(f"{LINK} did not exist before the last switch, so there is nothing to "
+                             "roll back to",
                              hint=f"switch explicitly: `{command_line(root, 'cuda switch X.Y')}`")
     final = resolve_under(root, previous if previous.startswith("/") else f"{LOCAL}/{previous}")
     target = under_root(root, final) if final else None
@@ -695,6 +698,10 @@ def apply(plan: SwitchPlan) -> LinkState:
     except PermissionError as e:
         raise PermissionDenied(f"cannot change {LINK}: {e.strerror}: {e.filename}",
                                hint=f"re-run with sudo: `sudo {command_line(plan.root, args)}`") from e
+    except OSError as e:
+        # A full disk, a read-only mount: the new link was removed and the record restored.
+        raise ProvisionError(f"could not change {LINK}: {e.strerror} ({e.filename}); it was left as it was",
+                             hint="fix the filesystem problem and run the command again") from e
 
 
 def _switch_locked(plan: SwitchPlan, args: str) -> None:
@@ -725,7 +732,7 @@ def _switch_locked(plan: SwitchPlan, args: str) -> None:
 
 
 def _verify(plan: SwitchPlan) -> LinkState:
-    """Run the new link's bin/nvcc --version (found under root) and fail loudly unless it reports plan.version."""
+    """Run the new link's bin/nvcc --version (under root); fail loudly unless it reports plan.version."""
     after = read_link(plan.root, plan.environ)
     rollback = command_line(plan.root, "cuda rollback")
     if after.state != "ok" or after.target is None:
@@ -765,10 +772,11 @@ def shell_init(shell: str) -> str:
     """The rc-file block that puts /usr/local/cuda/bin first on PATH and lib64 on LD_LIBRARY_PATH."""
     if shell not in SHELLS:
         raise ProvisionError(f"unsupported shell '{shell}'", hint=f"use one of: {', '.join(SHELLS)}")
-    head = [BEGIN, "# Managed by `provision cuda shell-init`: use whichever toolkit /usr/local/cuda points at."]
+    head = [BEGIN, "# Managed by `provision cuda shell-init`: use the toolkit /usr/local/cuda points at."]
     if shell == "fish":
         body = [
-            "set -q PATH[1]; and test $PATH[1] = /usr/local/cuda/bin; or set -gx PATH /usr/local/cuda/bin $PATH",
+            "set -q PATH[1]; and test $PATH[1] = /usr/local/cuda/bin; "
+            "or set -gx PATH /usr/local/cuda/bin $PATH",
             "set -q LD_LIBRARY_PATH[1]; and test $LD_LIBRARY_PATH[1] = /usr/local/cuda/lib64; "
             "or set -gx LD_LIBRARY_PATH /usr/local/cuda/lib64 $LD_LIBRARY_PATH",
         ]
@@ -779,7 +787,8 @@ def shell_init(shell: str) -> str:
             'case "${PATH}" in /usr/local/cuda/bin|/usr/local/cuda/bin:*) ;; '
             '*) export PATH="/usr/local/cuda/bin${PATH:+:${PATH}}" ;; esac',
             'case "${LD_LIBRARY_PATH:-}" in /usr/local/cuda/lib64|/usr/local/cuda/lib64:*) ;; '
-            '*) export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" ;; esac',
+            '*) export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" ;; '
+            'esac',
         ]
     return "\n".join([*head, *body, END]) + "\n"
 

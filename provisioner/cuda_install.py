@@ -54,7 +54,8 @@ def repository_command(version: CudaVersion, root: Path) -> str:
     distro = release.get("ID", "") + release.get("VERSION_ID", "").replace(".", "")
     then = f"; then `{command_line(root, f'cuda switch {version.short}')}`"
     if ids & {"ubuntu", "debian"}:
-        return (f"add NVIDIA's CUDA apt repository (the `cuda-keyring` package for {distro or 'your release'} "
+        return ("add NVIDIA's CUDA apt repository (the `cuda-keyring` package for "
+                f"{distro or 'your release'} "
                 f"from NVIDIA's CUDA downloads page), then "
                 f"`sudo apt-get update && sudo apt-get install -y {pkg}`{then}")
     if ids & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
@@ -63,7 +64,8 @@ def repository_command(version: CudaVersion, root: Path) -> str:
                 f"page), then `sudo dnf install -y {pkg}`{then}")
     if ids & {"sles", "opensuse", "suse"}:
         return (f"add NVIDIA's CUDA repository for {distro or 'your release'} (`sudo zypper addrepo` with "
-                f"the .repo file from NVIDIA's CUDA downloads page), then `sudo zypper install -y {pkg}`{then}")
+                f"the .repo file from NVIDIA's CUDA downloads page), then "
+                f"`sudo zypper install -y {pkg}`{then}")
     return (f"download NVIDIA's CUDA {version.short} runfile from its CUDA downloads page and run "
             f"`sudo sh cuda_{version.short}.*_linux.run --silent --toolkit "
             f"--installpath={LOCAL}/cuda-{version.short}`{then}")
@@ -117,7 +119,7 @@ class InstallPlan:
         ])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": str(self.version), "prefix": self.target,
+        return {"cuda_version": str(self.version), "prefix": self.target,
                 "requirements": list(self.requirements),
                 "wheel_cache": str(self.wheel_cache) if self.wheel_cache else None}
 
@@ -126,6 +128,7 @@ def plan_install(version: CudaVersion, root: Path, environ: Mapping[str, str], *
                  prefix: str | Path | None = None, wheel_cache: str | Path | None = None) -> InstallPlan:
     """Plan installing CUDA `version` side by side; refuse for 12.x/11.x (no nvcc wheel), an existing
     target (never replaced) or a target this user may not write."""
+    root = Path(os.path.abspath(root))  # nvcc later runs with another cwd
     if version.major < FIRST_WHEEL_MAJOR:
         raise ProvisionError(
             f"CUDA {version} cannot be installed from PyPI wheels: NVIDIA's {version.major}.x wheels "
@@ -141,7 +144,7 @@ def plan_install(version: CudaVersion, root: Path, environ: Mapping[str, str], *
     args = f"cuda install {version}" + (f" --prefix {prefix}" if prefix is not None else "")
     if os.path.lexists(target):
         found = read_toolkit(target, root, environ) if target.is_dir() else None
-        what = f" ({found.label})" if found and found.version else ""
+        what = f" (CUDA {found.version})" if found and found.version else ""
         raise ProvisionError(
             f"{shown} already exists{what}; provision never replaces it",
             hint=(f"use it with `{command_line(root, f'cuda switch {version.short}')}`, or move it aside "
@@ -232,9 +235,14 @@ def _compile_check(tree: Path, scratch: Path, environ: Mapping[str, str]) -> Non
         proc.run([tree / "bin" / "nvcc", "-c", source, "-o", scratch / "provision_check.o"],
                  timeout=COMPILE_TIMEOUT, env=environ, cwd=scratch)
     except CommandError as e:
-        raise ProvisionError(f"the new toolkit's nvcc could not compile a trivial .cu file: {e.message}",
-                             hint="nvcc needs a host C++ compiler: install g++ (e.g. `sudo apt-get install "
-                                  "g++`) and run the install again") from e
+        output = (e.stderr + e.stdout).lower()
+        no_host = any(word in output for word in ("gcc", "g++", "c++", "host compiler"))
+        raise ProvisionError(
+            f"the new toolkit's nvcc could not compile a trivial .cu file: {e.message}",
+            hint=("nvcc needs a host C++ compiler on PATH: install g++ (e.g. `sudo apt-get install g++`) "
+                  "and run the install again") if no_host else
+                 "run it again with -v to see the command; the wheels may be damaged (clear the wheel cache)",
+        ) from e
     if not (scratch / "provision_check.o").is_file():
         raise ProvisionError("the new toolkit's nvcc exited 0 but wrote no object file",
                              hint="report this with the output of `provision -v cuda install ...`")
@@ -254,7 +262,8 @@ def apply_install(plan: InstallPlan, progress: Callable[[str], None] | None = No
         _fetch(plan, stage, say)
         tree = stage / "nvidia" / f"cu{plan.version.major}"
         if not (tree / "bin" / "nvcc").is_file():
-            raise ProvisionError(f"the CUDA {plan.version} wheels hold no nvidia/cu{plan.version.major}/bin/nvcc",
+            raise ProvisionError(f"the CUDA {plan.version} wheels hold no "
+                                 f"nvidia/cu{plan.version.major}/bin/nvcc",
                                  hint="NVIDIA changed the wheel layout; install the toolkit from NVIDIA's "
                                       "repository instead")
         say(f"assembling {plan.target}")
@@ -272,9 +281,13 @@ def apply_install(plan: InstallPlan, progress: Callable[[str], None] | None = No
                                       f"`{command_line(plan.root, 'cuda list')}`")
         os.rename(tree, plan.prefix)
     except PermissionError as e:
+        again = command_line(plan.root, f"cuda install {plan.version}")
         raise PermissionDenied(f"cannot create {plan.target}: {e.strerror}: {e.filename}",
-                               hint=f"re-run with sudo: `sudo {command_line(plan.root, f'cuda install {plan.version}')}`"
-                               ) from e
+                               hint=f"re-run with sudo: `sudo {again}`") from e
+    except OSError as e:
+        raise ProvisionError(f"could not install into {plan.target}: {e.strerror} ({e.filename}); "
+                             "nothing was left behind",
+                             hint="free some disk space (a toolkit takes ~300 MB) and run it again") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return read_toolkit(plan.prefix, plan.root, plan.environ)

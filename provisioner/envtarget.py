@@ -46,7 +46,8 @@ def resolve(target: str | None, environ: Mapping[str, str]) -> EnvTarget:
     """Turn `--env NAME|PATH` (or nothing) into an environment with a Python; raise ProvisionError if none.
 
     Nothing: the activated environment ($VIRTUAL_ENV, then $CONDA_PREFIX), else the interpreter
-    running provision. A path: a prefix holding bin/python. A name: a conda environment.
+    running provision. A path: a prefix holding bin/python (or that bin/python itself). A name: a
+    conda environment.
     """
     if target is None or not target.strip():
         return _current(environ)
@@ -84,6 +85,9 @@ def _expand(target: str, environ: Mapping[str, str]) -> Path:
 
 
 def _from_prefix(prefix: Path, *, given: str) -> EnvTarget:
+    if prefix.is_file() and prefix.name.startswith("python") and prefix.parent.name == "bin":
+        # `--env ~/envs/llm/bin/python` names the same environment as its prefix
+        prefix = prefix.parent.parent
     if not prefix.exists():
         raise ProvisionError(f"environment '{given}' does not exist ({prefix})",
                              hint="create it: provision env create --prefix "

@@ -13,6 +13,7 @@ docs/source/en/quantization/bitsandbytes.md and `get_keys_to_not_convert`):
   nf4-dq    as nf4, but the absmax is itself quantized to 8 bit in blocks of 256 with one fp32
             absmax per block and one fp32 offset per layer, plus its 256-entry fp32 code
             (`compress_statistics=True`, i.e. `bnb_4bit_use_double_quant=True`)
+  all       + the rotary embedding's two fp32 inv_freq buffers (head_dim/2 each)
 KV cache    2 (K, V) x layers x kv_heads x head_dim x bytes x context x batch, bytes = 2 for a
             16-bit cache, 4 for an fp32 model (vLLM kv_cache_interface.py, Ollama GraphSize).
 workspace   (inferred; no source states it for transformers) transformers' generate runs the whole
@@ -34,8 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioner.errors import ProvisionError, UsageError
+from provisioner.errors import UsageError
 from provisioner.modelinfo import ModelSpec
+from provisioner.report import Check, Status
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -44,6 +46,8 @@ NF4_BLOCK = 64
 DQ_BLOCK = 256
 #: Every precision `fit` reports, in table order.
 QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq")
+#: Ollama's default context on GPUs under 23 GiB (server/routes.go), the laptop case.
+DEFAULT_CONTEXT = 4096
 #: What `--quant` accepts; nf4 also reports its double-quant variant.
 QUANT_CHOICES = ("auto", "fp16", "bf16", "int8", "nf4")
 
@@ -108,10 +112,11 @@ def _elem_bytes(quant: str) -> int:
 def weight_bytes(spec: ModelSpec, quant: str) -> WeightBytes:
     if quant not in QUANTS:
         raise UsageError(f"unknown precision '{quant}'", hint="use one of: " + ", ".join(QUANTS))
+    buffers = 2 * (spec.head_dim // 2) * 4
     if quant in ("fp32", "fp16", "bf16"):
-        return WeightBytes(dense=spec.params * _elem_bytes(quant), packed=0, constants=0)
+        return WeightBytes(dense=spec.params * _elem_bytes(quant) + buffers, packed=0, constants=0)
     q, tensors = spec.quantizable_params, max(spec.quantizable_tensors, 1)
-    dense = spec.other_params * 2
+    dense = spec.other_params * 2 + buffers
     if quant == "int8":
         return WeightBytes(dense=dense, packed=q, constants=spec.quantizable_rows * 4)
     blocks = math.ceil(q / NF4_BLOCK)
@@ -187,13 +192,16 @@ def quants_for(choice: str) -> tuple[str, ...]:
     raise UsageError(f"unknown precision '{choice}'", hint="use one of: " + ", ".join(QUANT_CHOICES))
 
 
-def fit(spec: ModelSpec, *, gpu_free_bytes: int | None, context: int = 4096, batch: int = 1,
+def fit(spec: ModelSpec, *, gpu_free_bytes: int | None, context: int | None = None, batch: int = 1,
         quants: Sequence[str] = QUANTS, prefer_bf16: bool = False) -> FitReport:
     """Every requested precision, and the best one that fits with its longest context.
 
+    `context` defaults to DEFAULT_CONTEXT, or the model's max_position when that is shorter.
     `prefer_bf16`: the GPU computes bf16 natively (compute capability 8.0+); otherwise fp16 is
     recommended first, as the walkthrough's `bnb_4bit_compute_dtype=torch.float16` does.
     """
+    if context is None:
+        context = min(DEFAULT_CONTEXT, spec.max_position) if spec.max_position > 0 else DEFAULT_CONTEXT
     if context > spec.max_position > 0:
         raise UsageError(f"--context {context} is longer than {spec.name}'s {spec.max_position} positions",
                          hint=f"use --context {spec.max_position} or less")
@@ -266,17 +274,38 @@ def gpu_memory(setting: str, *, environ: Mapping[str, str]) -> GpuMemory:
     from provisioner import gpu
 
     info = gpu.probe(environ)
-    gpus = [g for g in info.gpus if getattr(g, "memory_free", None) is not None]
+    gpus = [g for g in info.gpus if g.memory_free is not None]
     if info.status != "ok" or not gpus:
         why = info.error or ("NVML reported no GPU" if info.status == "ok" else info.status)
         return GpuMemory(None, f"no NVIDIA GPU found ({why})")
     # One GPU: the smoke test and chat load the model on a single device (device_map="auto" puts
     # what does not fit on the CPU, which is the failure this check exists to prevent).
     best = max(gpus, key=lambda g: g.memory_free or 0)
-    cc = getattr(best, "cc", None)
-    name = getattr(best, "name", None) or f"GPU {best.index}"
-    total = getattr(best, "memory_total", None)
-    source = f"NVML: GPU {best.index} {name}, {gib(best.memory_free)} free" + (
-        f" of {gib(total)}" if total else "")
-    return GpuMemory(int(best.memory_free), source, prefer_bf16=bool(cc and cc >= (8, 0)))
+    free = int(best.memory_free or 0)
+    name = best.name or f"GPU {best.index}"
+    source = f"NVML: GPU {best.index} {name}, {gib(free)} free" + (
+        f" of {gib(best.memory_total)}" if best.memory_total else "")
+    return GpuMemory(free, source, prefer_bf16=bool(best.cc and best.cc >= (8, 0)))
 
+
+
+def check_fit(report: FitReport, *, quant: str | None = None) -> Check:
+    """The `model.fit` check: does `quant` (default: the recommendation) fit the free GPU memory?"""
+    data: dict[str, object] = report.to_document()
+    if report.gpu_free_bytes is None:
+        return Check("model.fit", Status.SKIP, f"{report.model}: no free-GPU-memory figure to compare with",
+                     data=data)
+    option = report.recommended
+    if quant is not None:
+        option = next((o for o in report.options if o.quant == quant), None)
+    if option is not None and option.fits:
+        return Check("model.fit", Status.OK,
+                     f"{report.model} in {option.quant}: needs {gib(option.total_bytes)} at {report.context} tokens, "
+                     f"{gib(report.gpu_free_bytes)} free (up to {option.max_context} tokens fit)", data=data)
+    wanted = quant or "any precision"
+    fix = (f"provision model fit {report.model} --quant {report.recommended.quant}" if report.recommended
+           else report.advice)
+    need = f" needs {gib(option.total_bytes)}," if option is not None else ""
+    return Check("model.fit", Status.FAIL,
+                 f"{report.model} does not fit in {wanted}:{need} {gib(report.gpu_free_bytes)} free", fix=fix,
+                 data=data)

@@ -167,10 +167,12 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
             (length,) = struct.unpack("<Q", raw)
             if length > _MAX_HEADER:
                 raise ValueError(f"header length {length} is not plausible")
-            header = json.loads(f.read(length))
+            header: dict[str, dict[str, Any]] = json.loads(f.read(length))
     except (OSError, ValueError) as e:   # json.JSONDecodeError is a ValueError
         raise ProvisionError(f"{path}: not a readable safetensors file ({e})",
                              hint="re-download it: `provision model download MODEL --local-dir DIR`") from e
+    if not isinstance(header, dict):
+        raise ProvisionError(f"{path}: not a readable safetensors file (the header is not a JSON object)")
     header.pop("__metadata__", None)
     return header
 
@@ -331,7 +333,7 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
         raise ProvisionError(
             f"cannot read the config of {model}: {e.message}",
             hint=(f"did you mean the built-in '{guess}'? " if guess else "")
-            + "offline, use a built-in name (see `provision model fit --help`) or a local folder; "
+            + "built-in names (see `provision model fit --help`) and local folders work offline; "
             + (e.hint or "")) from e
     try:
         config = json.loads(Path(config_path).read_text())

@@ -118,7 +118,7 @@ class Profile:
     def check_versions(self, installed: Mapping[str, str]) -> list[str]:
         """Problems with installed versions against this profile; absent packages are skipped
         (the caller reports what is missing)."""
-        have = {canonicalize_name(k): v for k, v in installed.items()}
+        have: dict[str, str] = {canonicalize_name(k): v for k, v in installed.items()}
         problems: list[str] = []
         for name, want in self._pins():
             text = have.get(name)
@@ -269,11 +269,8 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def load(path: Path | str, *, display: str | None = None) -> Profile:
-    """Read and validate one profile file; raise InvalidProfile (exit 2) naming each bad key."""
-    path = Path(path)
-    shown = display if display is not None else _display(path)
-    r = _Reader(shown)
+def _read(path: Path, shown: str) -> dict[Any, Any]:
+    """The file's top-level mapping; unreadable, non-YAML or non-mapping files end here."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -293,131 +290,159 @@ def load(path: Path | str, *, display: str | None = None) -> Profile:
         raise InvalidProfile([f"{shown}: the file is empty"])
     if not isinstance(doc, dict):
         raise InvalidProfile([f"{shown}: expected a mapping at the top level, got {_type_name(doc)}"])
+    return doc
 
-    r.keys(doc, TOP_KEYS)
-    r.require(doc, REQUIRED_KEYS)
 
-    name = r.typed(doc.get("name"), "name", str) if "name" in doc else None
-    if name is not None and name != path.stem:
-        r.problem("name", f"'{name}' does not match the file name (expected '{path.stem}')")
-    description = r.typed(doc.get("description", ""), "description", str, nullable=True) or ""
-
-    cuda: CudaVersion | None = None
-    if "cuda" in doc:
-        cuda_text = r.typed(doc["cuda"], "cuda", str, nullable=True)
-        if cuda_text is not None:
-            try:
-                cuda = CudaVersion.parse(cuda_text)
-            except ProvisionError:
-                r.problem("cuda", f"'{cuda_text}' is not a CUDA version (write it as 12.6, or null for CPU)")
-
-    python = r.typed(doc.get("python"), "python", str) if "python" in doc else None
-    if python is not None and not _PYTHON.match(python):
-        r.problem("python", f"'{python}' is not a Python version (write it as 3.11)")
-        python = None
-
-    torch_version = None
+@dataclass
+class _Torch:
+    version: Version | None = None
     index_url: str | None = None
-    torchvision = torchaudio = None
-    if "torch" in doc:
-        torch_doc = r.typed(doc["torch"], "torch", dict)
-        if torch_doc is not None:
-            r.keys(torch_doc, TORCH_KEYS, "torch.")
-            r.require(torch_doc, ("version", "index_url"), "torch.")
-            if "version" in torch_doc:
-                torch_version = r.version(torch_doc["version"], "torch.version")
-            if "index_url" in torch_doc:
-                index_url = r.typed(torch_doc["index_url"], "torch.index_url", str)
-                if index_url is not None and not re.match(r"^(https?|file)://\S+$", index_url):
-                    r.problem("torch.index_url", f"'{index_url}' is not an http(s) URL")
-                    index_url = None
-            torchvision = r.version(torch_doc.get("torchvision"), "torch.torchvision", nullable=True)
-            torchaudio = r.version(torch_doc.get("torchaudio"), "torch.torchaudio", nullable=True)
+    torchvision: Version | None = None
+    torchaudio: Version | None = None
 
+
+def _torch(r: _Reader, doc: Mapping[Any, Any]) -> _Torch:
+    out = _Torch()
+    torch_doc = r.typed(doc["torch"], "torch", dict) if "torch" in doc else None
+    if torch_doc is None:
+        return out
+    r.keys(torch_doc, TORCH_KEYS, "torch.")
+    r.require(torch_doc, ("version", "index_url"), "torch.")
+    if "version" in torch_doc:
+        out.version = r.version(torch_doc["version"], "torch.version")
+    if "index_url" in torch_doc:
+        url = r.typed(torch_doc["index_url"], "torch.index_url", str)
+        if url is not None and not re.match(r"^(https?|file)://\S+$", url):
+            r.problem("torch.index_url", f"'{url}' is not an http(s) URL")
+        else:
+            out.index_url = url
+    out.torchvision = r.version(torch_doc.get("torchvision"), "torch.torchvision", nullable=True)
+    out.torchaudio = r.version(torch_doc.get("torchaudio"), "torch.torchaudio", nullable=True)
+    return out
+
+
+def _packages(r: _Reader, doc: Mapping[Any, Any]) -> dict[str, SpecifierSet]:
     packages: dict[str, SpecifierSet] = {}
-    if "packages" in doc:
-        pkg_doc = r.typed(doc["packages"], "packages", dict)
-        for pkg, spec in (pkg_doc or {}).items():
-            key = f"packages.{pkg}"
-            if not isinstance(pkg, str) or not _PACKAGE.match(pkg):
-                r.problem(key, "not a valid package name")
-                continue
-            if canonicalize_name(pkg) in {"torch", "torchvision", "torchaudio"}:
-                r.problem(key, "torch and its companions belong under 'torch:', not 'packages:'")
-                continue
-            range_text = r.typed(spec, key, str)
-            if range_text is None:
-                continue
-            try:
-                packages[pkg] = SpecifierSet(range_text)
-            except InvalidSpecifier:
-                r.problem(key, f"'{range_text}' is not a valid version range (write it as >=5.0,<6)")
+    pkg_doc = r.typed(doc["packages"], "packages", dict) if "packages" in doc else None
+    for pkg, spec in (pkg_doc or {}).items():
+        key = f"packages.{pkg}"
+        if not isinstance(pkg, str) or not _PACKAGE.match(pkg):
+            r.problem(key, "not a valid package name")
+            continue
+        if canonicalize_name(pkg) in {"torch", "torchvision", "torchaudio"}:
+            r.problem(key, "torch and its companions belong under 'torch:', not 'packages:'")
+            continue
+        range_text = r.typed(spec, key, str)
+        if range_text is None:
+            continue
+        try:
+            packages[pkg] = SpecifierSet(range_text)
+        except InvalidSpecifier:
+            r.problem(key, f"'{range_text}' is not a valid version range (write it as >=5.0,<6)")
+    return packages
 
+
+@dataclass
+class _Gpu:
+    cuda: CudaVersion | None = None
     driver_min: DriverVersion | None = None
-    if "driver_min" in doc:
-        driver_text = r.typed(doc["driver_min"], "driver_min", str, nullable=True)
-        if driver_text is not None:
-            try:
-                driver_min = DriverVersion.parse(driver_text)
-            except ProvisionError:
-                r.problem("driver_min", f"'{driver_text}' is not an NVIDIA driver version "
-                                        "(write it as 525.60.13)")
+    ccs: tuple[CC, ...] = ()
+    ptx: CC | None = None
 
-    ccs: list[CC] = []
-    ccs_doc = r.typed(doc.get("compute_capabilities", []), "compute_capabilities", list,
+
+def _gpu(r: _Reader, doc: Mapping[Any, Any]) -> _Gpu:
+    """cuda, driver_min, compute_capabilities and ptx, which must agree with each other."""
+    out = _Gpu()
+    cuda_text = r.typed(doc["cuda"], "cuda", str, nullable=True) if "cuda" in doc else None
+    if cuda_text is not None:
+        try:
+            out.cuda = CudaVersion.parse(cuda_text)
+        except ProvisionError:
+            r.problem("cuda", f"'{cuda_text}' is not a CUDA version (write it as 12.6, or null for CPU)")
+    driver_text = r.typed(doc.get("driver_min"), "driver_min", str, nullable=True)
+    if driver_text is not None:
+        try:
+            out.driver_min = DriverVersion.parse(driver_text)
+        except ProvisionError:
+            r.problem("driver_min", f"'{driver_text}' is not an NVIDIA driver version "
+                                    "(write it as 525.60.13)")
+    ccs_doc = r.typed(doc.get("compute_capabilities"), "compute_capabilities", list,
                       nullable=True) or []
-    for i, item in enumerate(ccs_doc):
-        cc = r.cc(item, f"compute_capabilities[{i}]")
-        if cc is not None:
-            ccs.append(cc)
-    ptx = r.cc(doc.get("ptx"), "ptx", nullable=True)
-    if ptx is not None and ccs and ptx not in ccs:
-        r.problem("ptx", f"'{cc_str(ptx)}' is not in compute_capabilities (PTX is shipped for one of them)")
+    ccs = [r.cc(item, f"compute_capabilities[{i}]") for i, item in enumerate(ccs_doc)]
+    out.ccs = tuple(cc for cc in ccs if cc is not None)
+    out.ptx = r.cc(doc.get("ptx"), "ptx", nullable=True)
+    if out.ptx is not None and out.ccs and out.ptx not in out.ccs:
+        r.problem("ptx", f"'{cc_str(out.ptx)}' is not in compute_capabilities "
+                         "(PTX is shipped for one of them)")
 
-    # the CUDA facts go together: a CUDA wheel names its driver floor and archs, a CPU one neither
+    # a CUDA wheel names its driver floor and archs; a CPU one has neither
     if "cuda" in doc and doc["cuda"] is None:
-        if driver_min is not None:
+        if doc.get("driver_min") is not None:
             r.problem("driver_min", "set, but cuda is null (a CPU profile needs no driver)")
         if ccs_doc:
             r.problem("compute_capabilities", "set, but cuda is null (a CPU profile has no GPU archs)")
-        if ptx is not None:
+        if doc.get("ptx") is not None:
             r.problem("ptx", "set, but cuda is null")
-    elif cuda is not None:
-        if doc.get("driver_min") is None:
-            r.problem(None, "missing required key 'driver_min' (a CUDA profile needs its minimum driver)")
-        if not ccs_doc:
-            r.problem(None, "missing required key 'compute_capabilities' (a CUDA profile lists its GPU archs)")
+    elif out.cuda is not None:
+        for key, why in (("driver_min", "its minimum driver"),
+                         ("compute_capabilities", "the GPU archs its wheel has")):
+            if key not in doc:
+                r.problem(None, f"missing required key '{key}' (a CUDA profile names {why})")
+            elif not doc[key]:
+                state = "null" if doc[key] is None else "empty"
+                r.problem(key, f"{state}, but cuda is set (a CUDA profile names {why})")
+    return out
 
+
+def _sources(r: _Reader, doc: Mapping[Any, Any]) -> dict[str, str]:
     sources: dict[str, str] = {}
-    if "sources" in doc:
-        src_doc = r.typed(doc["sources"], "sources", dict)
-        if src_doc is not None:
-            r.keys(src_doc, FACT_KEYS, "sources.")
-            for key in FACT_KEYS:
-                if key not in src_doc:
-                    continue
-                text = r.typed(src_doc[key], f"sources.{key}", str)
-                if text is not None and not text.strip():
-                    r.problem(f"sources.{key}", "empty (say where this fact comes from)")
-                elif text is not None:
-                    sources[key] = " ".join(text.split())
-            present = {"python": "python" in doc, "torch": "torch" in doc,
-                       "packages": bool(doc.get("packages")),
-                       "driver_min": doc.get("driver_min") is not None,
-                       "compute_capabilities": bool(doc.get("compute_capabilities"))}
-            for key in FACT_KEYS:
-                if present[key] and key not in src_doc:
-                    r.problem(f"sources.{key}", "missing (every fact needs a source)")
+    src_doc = r.typed(doc["sources"], "sources", dict) if "sources" in doc else None
+    if src_doc is None:
+        return sources
+    r.keys(src_doc, FACT_KEYS, "sources.")
+    for key in FACT_KEYS:
+        if key in src_doc:
+            text = r.typed(src_doc[key], f"sources.{key}", str)
+            if text is not None and not text.strip():
+                r.problem(f"sources.{key}", "empty (say where this fact comes from)")
+            elif text is not None:
+                sources[key] = " ".join(text.split())
+        elif doc.get(key) not in (None, [], {}, ""):
+            r.problem(f"sources.{key}", "missing (every fact needs a source)")
+    return sources
+
+
+def load(path: Path | str, *, display: str | None = None) -> Profile:
+    """Read and validate one profile file; raise InvalidProfile (exit 2) naming each bad key."""
+    path = Path(path)
+    r = _Reader(display if display is not None else _display(path))
+    doc = _read(path, r.display)
+    r.keys(doc, TOP_KEYS)
+    r.require(doc, REQUIRED_KEYS)
+
+    name = r.typed(doc["name"], "name", str) if "name" in doc else None
+    if name is not None and name != path.stem:
+        r.problem("name", f"'{name}' does not match the file name (expected '{path.stem}')")
+    description = r.typed(doc.get("description"), "description", str, nullable=True) or ""
+    python = r.typed(doc["python"], "python", str) if "python" in doc else None
+    if python is not None and not _PYTHON.match(python):
+        r.problem("python", f"'{python}' is not a Python version (write it as 3.11)")
+    torch = _torch(r, doc)
+    packages = _packages(r, doc)
+    gpu = _gpu(r, doc)
+    sources = _sources(r, doc)
 
     if r.problems:
         raise InvalidProfile(r.problems)
-    assert name is not None and python is not None and torch_version is not None
-    assert index_url is not None
+    # no problems means every required value was read
+    assert name is not None and python is not None
+    assert torch.version is not None and torch.index_url is not None
     return Profile(
-        name=name, path=path, description=" ".join(description.split()), cuda=cuda, python=python,
-        torch=torch_version, torch_index_url=index_url, torchvision=torchvision,
-        torchaudio=torchaudio, packages=MappingProxyType(packages), driver_min=driver_min,
-        compute_capabilities=tuple(ccs), ptx=ptx, sources=MappingProxyType(sources),
+        name=name, path=path, description=" ".join(description.split()), cuda=gpu.cuda,
+        python=python, torch=torch.version, torch_index_url=torch.index_url,
+        torchvision=torch.torchvision, torchaudio=torch.torchaudio,
+        packages=MappingProxyType(packages), driver_min=gpu.driver_min,
+        compute_capabilities=gpu.ccs, ptx=gpu.ptx, sources=MappingProxyType(sources),
     )
 
 

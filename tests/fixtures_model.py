@@ -44,7 +44,7 @@ for name, cfg in configs.items():
         model = Qwen3ForCausalLM(Qwen3Config(max_position_embeddings=512, **cfg))
     else:
         model = Qwen2ForCausalLM(Qwen2Config(max_position_embeddings=512, **cfg))
-    shard = "200KB" if name == "qwen2-untied-gqa" else "50GB"
+    shard = "1MB" if name == "qwen2-untied-gqa" else "50GB"
     model.save_pretrained(f"{sys.argv[1]}/{name}", max_shard_size=shard)
     print(name, sum(p.numel() for p in model.parameters()))
 '''

@@ -1,4 +1,4 @@
-"""Fixtures for the nvml tests: a fake libnvidia-ml.so.1 compiled from C and environs describing machines."""
+"""Fixtures for the nvml/verify tests: a fake libnvidia-ml.so.1 built from C, machine environs, broken envs."""
 from __future__ import annotations
 
 import os
@@ -70,11 +70,13 @@ class FakeMachine:
     cuda_v2_rc: int = 0                   # 12: libcuda.so.1 missing
     unsupported: Sequence[str] = ()
     old_driver: bool = False              # the build without *_v3 / _v2 symbols
+    init_delay_ms: int = 0                # nvmlInit hangs this long (a wedged driver)
 
     def settings(self) -> dict[str, str]:
         out = {"FAKE_NVML_DRIVER_VERSION": self.driver, "FAKE_NVML_CUDA_VERSION": str(self.cuda),
                "FAKE_NVML_GPU_COUNT": str(len(self.gpus)), "FAKE_NVML_INIT_RC": str(self.init_rc),
                "FAKE_NVML_CUDA_V2_RC": str(self.cuda_v2_rc),
+               "FAKE_NVML_INIT_DELAY_MS": str(self.init_delay_ms),
                "FAKE_NVML_UNSUPPORTED": ",".join(self.unsupported)}
         for i, gpu in enumerate(self.gpus):
             out.update(gpu.settings(i))
@@ -131,3 +133,59 @@ def no_driver_environ(tmp_path: Path) -> dict[str, str]:
     env = _base_environ()
     env["PROVISION_NVML_LIBRARY"] = str(tmp_path / "no-driver" / "libnvidia-ml.so.1")
     return env
+
+
+# ---- environments derived from the shared chat env, broken the way real ones break ----
+
+def _site_packages(prefix: Path) -> Path:
+    found = sorted(prefix.glob("lib/python3*/site-packages"))
+    assert found, f"no site-packages under {prefix}"
+    return found[0]
+
+
+def derive_env(base_python: Path, dest: Path, *, drop: Sequence[str] = (),
+               missing_torch_libs: Sequence[str] = ()) -> Path:
+    """A real venv at `dest` whose site-packages links to `base_python`'s entries (no copy of torch).
+
+    `drop`: top-level entries left out (name prefixes, so "bitsandbytes" drops its dist-info too),
+    like an install that never happened. `missing_torch_libs`: files left out of torch/lib, like an
+    interrupted or half-cleaned install; `import torch` then fails for real.
+    """
+    python = dest / "bin" / "python"
+    if python.exists():
+        return python
+    base_prefix = base_python.parent.parent
+    subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(dest)], check=True)
+    src, dst = _site_packages(base_prefix), _site_packages(dest)
+    for entry in src.iterdir():
+        if any(entry.name.startswith(d) for d in drop):
+            continue
+        if entry.name == "torch" and missing_torch_libs:
+            torch_dir = dst / "torch"
+            torch_dir.mkdir()
+            for part in entry.iterdir():
+                if part.name == "lib":
+                    (torch_dir / "lib").mkdir()
+                    for lib in part.iterdir():
+                        if lib.name not in missing_torch_libs:
+                            (torch_dir / "lib" / lib.name).symlink_to(lib)
+                else:
+                    (torch_dir / part.name).symlink_to(part)
+            continue
+        target = dst / entry.name
+        if not target.exists():
+            target.symlink_to(entry)
+    return python
+
+
+@pytest.fixture(scope="session")
+def no_bnb_env_python(chat_env_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat env without bitsandbytes (torch, transformers, accelerate present)."""
+    return derive_env(chat_env_python, tmp_path_factory.mktemp("envs") / "no-bnb", drop=("bitsandbytes",))
+
+
+@pytest.fixture(scope="session")
+def broken_torch_env_python(chat_env_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat env with torch/lib/libtorch_cpu.so gone: metadata says torch 2.13.0, import fails."""
+    return derive_env(chat_env_python, tmp_path_factory.mktemp("envs") / "broken-torch",
+                      missing_torch_libs=("libtorch_cpu.so",))

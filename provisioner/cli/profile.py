@@ -34,7 +34,7 @@ def _origin(p: Profile, app: App) -> str:
 @json_option
 @pass_app
 def profile_list(app: App) -> None:
-    """List bundled and user profiles (user ones override bundled ones by name)."""
+    """List profiles; user profiles override bundled ones by name."""
     found = profiles.load_all(app.environ)
     if app.json:
         app.emit_json({"version": 1, "profiles": [
@@ -51,7 +51,10 @@ def profile_list(app: App) -> None:
 @json_option
 @pass_app
 def profile_show(app: App, name: str) -> None:
-    """Show every fact of profile NAME with its source (NAME may be a CUDA version: 12.6)."""
+    """Show profile NAME with the source of each fact.
+
+    NAME may also be a CUDA version (12.6) for that line's default profile.
+    """
     p = profiles.get(name, app.environ)
     if app.json:
         app.emit_json(dict(p.to_dict(), origin=_origin(p, app)))
@@ -90,7 +93,7 @@ def _render(p: Profile, origin: str) -> str:
 @json_option
 @pass_app
 def profile_validate(app: App, files: tuple[Path, ...]) -> None:
-    """Check profile FILES; exit 0 when all are valid, 2 when any is not."""
+    """Validate profile FILES (exit 2 if any is invalid)."""
     results: list[dict[str, Any]] = []
     for path in files:
         try:

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import sys
 import threading
 import time
@@ -138,8 +139,9 @@ class Loaded:
 def choose_dtypes(torch: Any, quant: str, dtype: str, on_gpu: bool) -> tuple[Any, Any]:
     """(dtype of the unquantized modules, bitsandbytes compute dtype).
 
-    GPU: float16 as the walkthrough does (`bnb_4bit_compute_dtype=torch.float16`). CPU: float32, since
-    CPUs without AVX-512 BF16 compute bfloat16 and float16 slower than float32.
+    GPU: float16 as the walkthrough does (`bnb_4bit_compute_dtype=torch.float16`). CPU: float32, which
+    every CPU computes natively (bfloat16 and float16 matmuls need AVX-512 BF16/FP16 or AMX to be fast;
+    on an AVX2 machine SmolLM2-135M in nf4 decodes at about the same speed either way).
     """
     if dtype != "auto":
         chosen = getattr(torch, dtype)
@@ -295,6 +297,36 @@ def encode(tok: Any, messages: list[Mapping[str, str]]) -> Any:
                                    return_dict=True)
 
 
+def block_sigint_here() -> None:
+    """Keep SIGINT off the calling thread and every thread it starts (they inherit the mask)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def in_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call fn in a thread that blocks SIGINT, and wait for it.
+
+    A Ctrl-C goes to one thread of the process, any that does not block it. torch's and tokenizers'
+    worker pools are started by whichever thread first computes; doing that work here keeps them
+    blocked, so the signal always reaches the main thread, whose handler (or KeyboardInterrupt) acts.
+    """
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        block_sigint_here()
+        try:
+            holder["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            holder["error"] = e
+
+    thread = threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in holder:
+        raise holder["error"]
+    return holder.get("value")
+
+
 def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_tokens: int = 64,
              sample: bool = False, on_text: Callable[[str], None] | None = None,
              stop: threading.Event | None = None, notes: Notes | None = None) -> dict[str, Any]:
@@ -303,18 +335,21 @@ def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_token
 
     model, tok = loaded.model, loaded.tokenizer
     notes = notes if notes is not None else Notes()
-    enc = encode(tok, messages)
-    device = first_device(model)
-    enc = {k: v.to(device) for k, v in enc.items()}
-    prompt_len = int(enc["input_ids"].shape[1])
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     clock = _Clock(stop)
-    kwargs = dict(enc, streamer=streamer, stopping_criteria=StoppingCriteriaList([clock]),
-                  **generation_kwargs(model, tok, max_new_tokens=max_new_tokens, sample=sample))
     holder: dict[str, Any] = {}
 
     def work() -> None:
+        # Tokenizing and generating both start thread pools: see in_worker for why SIGINT is blocked.
+        block_sigint_here()
         try:
+            enc = encode(tok, messages)
+            device = first_device(model)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            holder["prompt_len"] = int(enc["input_ids"].shape[1])
+            kwargs = dict(enc, streamer=streamer, stopping_criteria=StoppingCriteriaList([clock]),
+                          **generation_kwargs(model, tok, max_new_tokens=max_new_tokens,
+                                              sample=sample))
             with capture_notes(notes):
                 holder["out"] = model.generate(**kwargs)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
@@ -331,6 +366,7 @@ def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_token
     t_end = time.perf_counter()
     if "error" in holder:
         raise holder["error"]
+    prompt_len = holder["prompt_len"]
     new = holder["out"][0, prompt_len:]
     n_new = int(new.shape[0])
     eos = loaded.model.generation_config.eos_token_id
@@ -403,3 +439,12 @@ def write_text(stream: Any) -> Callable[[str], None]:
 
 def eprint(*args: object) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def human(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"

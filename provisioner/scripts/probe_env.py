@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 import warnings
+from typing import Any
 
 PROBE_VERSION = 1
 PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "accelerate", "bitsandbytes",
@@ -35,13 +36,13 @@ def _tail(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])[-3000:]
 
 
-def packages() -> dict:
+def packages() -> dict[str, Any]:
     """Versions from distribution metadata: works when the package itself cannot be imported."""
     try:
         from importlib import metadata
     except ImportError:  # Python < 3.8
         return {name: None for name in PACKAGES}
-    found = {}
+    found: dict[str, Any] = {}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
@@ -50,7 +51,7 @@ def packages() -> dict:
     return found
 
 
-def python_info() -> dict:
+def python_info() -> dict[str, Any]:
     return {"version": platform.python_version(), "executable": sys.executable,
             "prefix": sys.prefix, "implementation": platform.python_implementation(),
             "machine": platform.machine()}
@@ -59,7 +60,7 @@ def python_info() -> dict:
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.lines: list = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -68,8 +69,8 @@ class _Capture(logging.Handler):
             pass
 
 
-def torch_info() -> tuple:
-    out: dict = {"imported": False, "error": None, "warnings": []}
+def torch_info() -> tuple[dict[str, Any], Any]:
+    out: dict[str, Any] = {"imported": False, "error": None, "warnings": []}
     t0 = time.monotonic()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -113,7 +114,7 @@ def torch_info() -> tuple:
         out["arch_list_error"] = _error(e)
     devices = []
     for i in range(out.get("device_count") or 0):
-        dev: dict = {"index": i}
+        dev: dict[str, Any] = {"index": i}
         try:
             dev["name"] = torch.cuda.get_device_name(i)
             dev["capability"] = list(torch.cuda.get_device_capability(i))
@@ -134,8 +135,8 @@ def torch_info() -> tuple:
     return out, torch
 
 
-def bnb_info(torch) -> dict:
-    out: dict = {"imported": False, "error": None, "log": []}
+def bnb_info(torch: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"imported": False, "error": None, "log": []}
     capture = _Capture()
     logging.getLogger("bitsandbytes").addHandler(capture)
     t0 = time.monotonic()
@@ -177,18 +178,18 @@ def bnb_info(torch) -> dict:
     return out
 
 
-def _unique(lines: list) -> list:
-    seen: list = []
+def _unique(lines: list[str]) -> list[str]:
+    seen: list[str] = []
     for line in lines:
         if line not in seen:
             seen.append(line)
     return seen[:20]
 
 
-def matmul_4bit(torch, bnb) -> dict:
+def matmul_4bit(torch: Any, bnb: Any) -> dict[str, Any]:
     """Quantize a weight to NF4 and multiply on the device torch would use; compare with fp32."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out: dict = {"device": device, "ok": False, "error": None}
+    out: dict[str, Any] = {"device": device, "ok": False, "error": None}
     t0 = time.monotonic()
     try:
         import bitsandbytes.functional as F
@@ -216,9 +217,9 @@ def matmul_4bit(torch, bnb) -> dict:
     return out
 
 
-def main(argv: list) -> dict:
+def main(argv: list[str]) -> dict[str, Any]:
     t0 = time.monotonic()
-    report: dict = {"probe": PROBE_VERSION, "python": python_info(), "packages": packages(),
+    report: dict[str, Any] = {"probe": PROBE_VERSION, "python": python_info(), "packages": packages(),
                     "environ": {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "BNB_CUDA_VERSION",
                                                            "LD_LIBRARY_PATH", "CUDA_HOME")
                                 if k in os.environ}}

@@ -14,6 +14,7 @@
  * Every value is read from the environment AT CALL TIME (getenv), so one build serves every test.
  * System-wide knobs:
  *   FAKE_NVML_INIT_RC          nvmlInit* return code (9 DRIVER_NOT_LOADED, 18 LIB_RM_VERSION_MISMATCH, 999 UNKNOWN)
+ *   FAKE_NVML_INIT_DELAY_MS    nvmlInit* sleeps this long first (a wedged driver)
  *   FAKE_NVML_DRIVER_VERSION   "575.57.08"
  *   FAKE_NVML_CUDA_VERSION     1000*major + 10*minor, e.g. 12090 for 12.9
  *   FAKE_NVML_CUDA_V2_RC       return code of nvmlSystemGetCudaDriverVersion_v2 (12 LIBRARY_NOT_FOUND:
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -130,6 +132,8 @@ static nvmlReturn_t copy_str(char *buf, unsigned len, const char *s) {
 /* ---- init / shutdown / errors ---- */
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
+    unsigned long long delay = env_u("FAKE_NVML_INIT_DELAY_MS", 0);
+    if (delay) usleep((useconds_t)(delay * 1000));
     int rc = (int)env_u("FAKE_NVML_INIT_RC", 0);
     if (rc) return rc;
     for (unsigned i = 0; i < MAX_DEV; i++) g_devs[i].index = i;

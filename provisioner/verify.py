@@ -1,0 +1,858 @@
+"""`provision verify`: one verdict across driver, GPUs, CUDA toolkit, the torch wheel and bitsandbytes."""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provisioner import gpu, known_messages, proc
+from provisioner.envtarget import EnvTarget
+from provisioner.errors import CommandError, ProvisionError
+from provisioner.report import Check, Status
+from provisioner.versions import CudaVersion
+
+if TYPE_CHECKING:
+    from provisioner.cuda import LinkState
+    from provisioner.profiles import Profile
+
+PROBE_SCRIPT = Path(__file__).parent / "scripts" / "probe_env.py"
+#: Importing torch takes seconds, initialising CUDA on a big GPU more; a JIT of PTX can take minutes.
+PROBE_TIMEOUT = 300
+NVML_TIMEOUT = 30
+#: Warn when something other than us already holds this share of a GPU's memory.
+MEMORY_WARN_SHARE = 0.25
+#: bitsandbytes' 4-bit (NF4/FP4) kernels need compute capability 6.0+ from 0.48 (installation docs).
+BNB_4BIT_MIN_CC = (6, 0)
+CHAT_PACKAGES = ("transformers", "accelerate", "bitsandbytes")
+
+GIB = 1 << 30
+
+
+# --------------------------------------------------------------------------- facts
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything verify looks at, gathered once (subprocesses included) and judged by `evaluate`."""
+
+    info: gpu.DriverInfo
+    modules: frozenset[str] | None            # loaded kernel modules; None: /proc/modules unreadable
+    kernel_driver: str | None                 # version of the loaded nvidia kernel module
+    pci_gpus: tuple[str, ...]                 # NVIDIA display controllers on the PCI bus
+    os_id: tuple[str, ...]                    # ID and ID_LIKE from /etc/os-release
+    link: LinkState | None
+    link_error: str | None
+    target: EnvTarget | None
+    target_error: ProvisionError | None
+    probe: Mapping[str, Any] | None           # the probe script's JSON
+    probe_error: str | None                   # why the full probe gave no (or only partial) result
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def os_ids(root: Path) -> tuple[str, ...]:
+    """`ID` then the `ID_LIKE` words of <root>/etc/os-release ("ubuntu", "debian"); empty if unknown."""
+    try:
+        text = (root / "etc/os-release").read_text()
+    except OSError:
+        return ()
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("\"'")
+    return tuple(w.lower() for w in [values.get("ID", "")] + values.get("ID_LIKE", "").split() if w)
+
+
+def probe_env(target: EnvTarget, environ: Mapping[str, str],
+              timeout: float = PROBE_TIMEOUT) -> tuple[dict[str, Any] | None, str | None]:
+    """Run the probe script with the environment's own Python: (report, problem).
+
+    A crash (a torch that segfaults on import) still yields the package versions, from a second,
+    metadata-only run, with the crash as the problem.
+    """
+    def run(*extra: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            done = proc.run([target.python, PROBE_SCRIPT, *extra], env=environ, timeout=timeout,
+                            check=False)
+        except CommandError as e:
+            return None, e.message
+        try:
+            doc = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and done.returncode == 0:
+            return doc, None
+        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
+               else f"exited {done.returncode}")
+        detail = proc.tail(done.stderr or done.stdout, 8).strip()
+        return None, f"the environment probe {how}" + (f":\n{detail}" if detail else "")
+
+    report, problem = run()
+    if report is None and problem is not None and "not found" not in problem:
+        partial, _ = run("--metadata-only")
+        if partial is not None:
+            return partial, problem
+    return report, problem
+
+
+def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:
+    """Collect the facts: NVML (subprocess), kernel modules, the cuda link, the env probe (subprocess)."""
+    from provisioner import cuda, envtarget
+
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    info = gpu.probe(environ, timeout=NVML_TIMEOUT)
+    timings["nvml"] = time.monotonic() - t
+
+    modules_file = root / "proc" / "modules"
+    modules = frozenset(gpu.kernel_modules(root)) if modules_file.is_file() else None
+
+    t = time.monotonic()
+    link: LinkState | None = None
+    link_error = None
+    try:
+        link = cuda.read_link(root, environ)
+    except ProvisionError as e:
+        link_error = e.message
+    timings["toolkit"] = time.monotonic() - t
+
+    target: EnvTarget | None = None
+    target_error: ProvisionError | None = None
+    probe: dict[str, Any] | None = None
+    probe_error: str | None = None
+    t = time.monotonic()
+    try:
+        target = envtarget.resolve(env_target, environ)
+    except ProvisionError as e:
+        target_error = e
+    if target is not None:
+        probe, probe_error = probe_env(target, environ)
+    timings["env_probe"] = time.monotonic() - t
+    return Facts(info=info, modules=modules, kernel_driver=gpu.kernel_driver_version(root),
+                 pci_gpus=tuple(gpu.nvidia_pci_devices(root)), os_id=os_ids(root), link=link,
+                 link_error=link_error, target=target, target_error=target_error, probe=probe,
+                 probe_error=probe_error, timings=timings)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f} GiB"
+
+
+def _rate(bps: float) -> str:
+    return f"{bps / 1e12:.2f} TB/s" if bps >= 1e12 else f"{bps / 1e9:.0f} GB/s"
+
+
+def _cc(cc: tuple[int, int] | None) -> str:
+    return "?" if cc is None else f"{cc[0]}.{cc[1]}"
+
+
+def _explain(text: str | None, **values: str | None) -> tuple[str, str | None, str | None]:
+    """(" cause: ..." suffix, the known fix, the known message id) for an error text."""
+    known = known_messages.match(text)
+    if known is None:
+        return "", None, None
+    return f" (cause: {known.cause})", known.fix_with(**values), known.id
+
+
+def _provision(root: Path, args: str) -> str:
+    from provisioner.cuda import command_line
+
+    return command_line(root, args)
+
+
+def driver_install_fix(os_id: Sequence[str], *, at_least: str | None = None) -> str:
+    """The command that installs (or upgrades to) an NVIDIA driver on this distribution."""
+    branch = at_least.split(".")[0] if at_least else None
+    ids = set(os_id)
+    if "ubuntu" in ids or "pop" in ids or "linuxmint" in ids:
+        pkg = f"sudo apt install nvidia-driver-{branch}" if branch else "sudo ubuntu-drivers autoinstall"
+        return f"{pkg} && sudo reboot"
+    if "debian" in ids:
+        # Debian's driver lives in the non-free components; its version follows the release.
+        return ("sudo apt install nvidia-driver firmware-misc-nonfree && sudo reboot  "
+                "(enable the contrib non-free non-free-firmware components first"
+                + (f"; needs a release or backports that carries >= {at_least})" if at_least else ")"))
+    if "fedora" in ids or "rhel" in ids or "centos" in ids:
+        return "sudo dnf install akmod-nvidia && sudo reboot  (from RPM Fusion)"
+    if "arch" in ids or "manjaro" in ids:
+        return "sudo pacman -S nvidia-open && sudo reboot"
+    need = f" >= {at_least}" if at_least else ""
+    return (f"install the NVIDIA driver{need}: `sudo ubuntu-drivers autoinstall` on Ubuntu, else your "
+            "distribution's NVIDIA driver package; then reboot")
+
+
+# --------------------------------------------------------------------------- driver
+
+def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None,
+                 need_gpu: bool = True) -> list[Check]:
+    """driver, driver.cuda, driver.nouveau."""
+    modules = facts.modules if facts is not None else (
+        frozenset(gpu.kernel_modules(root)) if (root / "proc/modules").is_file() else None)
+    os_id = facts.os_id if facts is not None else os_ids(root)
+    pci = facts.pci_gpus if facts is not None else tuple(gpu.nvidia_pci_devices(root))
+    kernel = facts.kernel_driver if facts is not None else gpu.kernel_driver_version(root)
+    nouveau = modules is not None and "nouveau" in modules
+    nvidia_mod = modules is not None and "nvidia" in modules
+    data: dict[str, Any] = {"status": info.status, "error": info.error,
+                            "driver_version": str(info.driver_version) if info.driver_version else None,
+                            "nvml_version": info.nvml_version, "library": info.library,
+                            "kernel_module": kernel, "pci_gpus": list(pci),
+                            "seconds": round(info.seconds, 3) if info.seconds is not None else None}
+    install = driver_install_fix(os_id)
+    checks: list[Check] = []
+    fail = Status.FAIL if need_gpu else Status.WARN
+
+    if info.status == "ok":
+        n = len(info.gpus)
+        msg = f"NVIDIA driver {info.driver_version or '?'} loaded (NVML {info.nvml_version or '?'}), {n} GPU(s)"
+        if n == 0:
+            checks.append(Check("driver", fail, msg + ": NVML lists no GPU",
+                                "check `nvidia-smi -L` and dmesg; a GPU that fell off the bus needs a reboot",
+                                data))
+        else:
+            checks.append(Check("driver", Status.OK, msg, None, data))
+    elif info.status == "no-library":
+        where = (f"an NVIDIA GPU is on the PCI bus ({', '.join(pci)})" if pci
+                 else "no NVIDIA GPU was found on the PCI bus either")
+        msg = f"no NVIDIA driver: libnvidia-ml.so.1 cannot be loaded ({info.error}); {where}"
+        if nouveau:
+            msg += "; the open-source nouveau driver is loaded instead"
+        if not need_gpu:
+            msg += " (the cpu profile does not need one)"
+        checks.append(Check("driver", fail, msg, install, data))
+    elif info.status == "not-loaded":
+        msg = ("the NVIDIA driver's libraries are installed but its kernel module is not loaded "
+               f"({info.error})")
+        fix = "sudo modprobe nvidia  (if it fails: `mokutil --sb-state` for Secure Boot, reinstall the driver for this kernel, reboot)"
+        if nouveau:
+            msg += "; nouveau holds the GPU"
+            fix = _NOUVEAU_FIX
+        checks.append(Check("driver", fail, msg, fix, data))
+    elif info.status == "mismatch":
+        lib = info.library_version
+        versions = ""
+        if kernel or lib:
+            versions = (f" (user-space library {lib or '?'}, loaded kernel module {kernel or '?'})")
+        msg = (f"NVML/RM version mismatch{versions}: the driver was upgraded but the old kernel "
+               f"module is still loaded ({info.error})")
+        checks.append(Check("driver", fail, msg, "sudo reboot", data))
+    else:
+        suffix, known_fix, _ = _explain(info.error)
+        checks.append(Check("driver", fail, f"NVML failed: {info.error}{suffix}",
+                            known_fix or "run `nvidia-smi` and check `sudo dmesg | grep -i nvrm`", data))
+
+    # driver.cuda: the newest CUDA this driver runs, from libcuda itself (nvmlSystemGetCudaDriverVersion_v2)
+    if info.status != "ok":
+        checks.append(Check("driver.cuda", Status.SKIP, "no usable driver to ask", None, {}))
+    elif info.cuda is not None:
+        checks.append(Check("driver.cuda", Status.OK,
+                            f"driver {info.driver_version or '?'} supports CUDA up to {info.cuda.short}",
+                            None, {"cuda": info.cuda.short}))
+    else:
+        err = info.errors.get("cuda", "unknown")
+        branch = info.driver_version.branch if info.driver_version else None
+        if "Not Found" in err or "Library" in err:
+            fix = (f"reinstall the driver's CUDA library (Ubuntu: sudo apt install --reinstall "
+                   f"libnvidia-compute-{branch or '<branch>'}), then reboot")
+            checks.append(Check("driver.cuda", Status.FAIL,
+                                f"libcuda.so.1 cannot be loaded ({err}): no CUDA program can use the GPU",
+                                fix, {"error": err}))
+        else:
+            checks.append(Check("driver.cuda", Status.WARN,
+                                f"the CUDA version the driver supports is unknown ({err})",
+                                None, {"error": err}))
+
+    # driver.nouveau
+    if modules is None:
+        checks.append(Check("driver.nouveau", Status.SKIP, "/proc/modules cannot be read", None, {}))
+    elif nouveau and nvidia_mod:
+        checks.append(Check("driver.nouveau", Status.WARN,
+                            "both nouveau and nvidia kernel modules are loaded", _NOUVEAU_FIX,
+                            {"modules": ["nouveau", "nvidia"]}))
+    elif nouveau:
+        checks.append(Check("driver.nouveau", fail,
+                            "the nouveau kernel module is loaded: it claims the GPU, so the NVIDIA "
+                            "driver cannot (nouveau has no CUDA)",
+                            _NOUVEAU_FIX + ("" if info.status == "ok" else f"; then {install}"),
+                            {"modules": ["nouveau"]}))
+    else:
+        checks.append(Check("driver.nouveau", Status.OK, "nouveau is not loaded", None, {}))
+    return checks
+
+
+_NOUVEAU_FIX = ("echo 'blacklist nouveau' | sudo tee /etc/modprobe.d/blacklist-nouveau.conf && "
+                "sudo update-initramfs -u && sudo reboot")
+
+
+# --------------------------------------------------------------------------- GPUs
+
+def check_gpus(info: gpu.DriverInfo) -> list[Check]:
+    """gpu.N, gpu.N.memory, gpu.N.bandwidth, gpu.N.processes for every GPU NVML lists."""
+    if info.status != "ok":
+        return [Check("gpu", Status.SKIP, "no usable NVIDIA driver: GPU checks skipped", None, {})]
+    if not info.gpus:
+        return [Check("gpu", Status.SKIP, "NVML lists no GPU", None, {})]
+    checks: list[Check] = []
+    for g in info.gpus:
+        p = f"gpu.{g.index}"
+        data = g.to_dict()
+        if g.cc is not None and g.cc < BNB_4BIT_MIN_CC:
+            checks.append(Check(p, Status.WARN,
+                                f"{g.name}, compute capability {_cc(g.cc)}: bitsandbytes 4-bit "
+                                f"needs {_cc(BNB_4BIT_MIN_CC)} or newer", None, data))
+        elif g.cc is None:
+            checks.append(Check(p, Status.WARN, f"{g.name or '?'}: compute capability unknown "
+                                f"({g.errors.get('cc', 'not reported')})", None, data))
+        else:
+            checks.append(Check(p, Status.OK, f"{g.name}, compute capability {_cc(g.cc)} ({g.sm})",
+                                None, data))
+        checks.append(_memory(g))
+        bw = g.bandwidth_bytes_per_s
+        if bw is None:
+            why = g.errors.get("bus_width_bits") or g.errors.get("max_mem_clock_mhz") or "not reported"
+            checks.append(Check(f"{p}.bandwidth", Status.SKIP, f"memory bus width or clock unknown ({why})",
+                                None, {}))
+        else:
+            checks.append(Check(f"{p}.bandwidth", Status.OK,
+                                f"{_rate(bw)} peak memory bandwidth ({g.bus_width_bits}-bit bus x "
+                                f"{g.max_mem_clock_mhz} MHz x 2), the bound on tokens/s",
+                                None, {"bytes_per_s": bw, "bus_width_bits": g.bus_width_bits,
+                                       "max_mem_clock_mhz": g.max_mem_clock_mhz}))
+        checks.append(_processes(g))
+    return checks
+
+
+def _holders(g: gpu.GpuInfo, limit: int = 3) -> str:
+    procs = sorted(g.processes or (), key=lambda q: -(q.used_bytes or 0))
+    return ", ".join(f"{Path(q.name).name or '?'} (pid {q.pid}, {_gib(q.used_bytes)})"
+                     for q in procs[:limit])
+
+
+def _memory(g: gpu.GpuInfo) -> Check:
+    cid = f"gpu.{g.index}.memory"
+    data = {"total": g.memory_total, "used": g.memory_used, "free": g.memory_free,
+            "reserved": g.memory_reserved}
+    if g.memory_total is None or g.memory_used is None:
+        return Check(cid, Status.SKIP, f"memory not reported ({g.errors.get('memory', '?')})", None, data)
+    # The driver's own reservation is counted in "used" but nobody can free it.
+    taken = g.memory_used - (g.memory_reserved or 0)
+    share = taken / g.memory_total if g.memory_total else 0.0
+    msg = (f"{_gib(g.memory_total)} total, {_gib(g.memory_used)} used, {_gib(g.memory_free)} free")
+    if share >= MEMORY_WARN_SHARE:
+        holders = _holders(g)
+        graphics = any(q.kind == "graphics" for q in g.processes or ())
+        msg += f": other programs hold {share:.0%}" + (f" ({holders})" if holders else "")
+        fix = ("close the programs holding GPU memory" + (f": {holders}" if holders else ""))
+        if graphics:
+            fix += ("; on a laptop with hybrid graphics, run the desktop on the integrated GPU "
+                    "(`sudo prime-select on-demand`, then log out and in)")
+        return Check(cid, Status.WARN, msg, fix, dict(data, share_used=round(share, 3)))
+    return Check(cid, Status.OK, msg, None, dict(data, share_used=round(share, 3)))
+
+
+def _processes(g: gpu.GpuInfo) -> Check:
+    cid = f"gpu.{g.index}.processes"
+    if g.processes is None:
+        err = g.errors.get("processes.compute") or g.errors.get("processes.graphics") or "?"
+        return Check(cid, Status.SKIP, f"process list not available ({err})", None, {"error": err})
+    if not g.processes:
+        return Check(cid, Status.OK, "no process holds GPU memory", None, {"processes": []})
+    rows = [{"pid": q.pid, "name": q.name, "used_bytes": q.used_bytes, "kind": q.kind}
+            for q in g.processes]
+    return Check(cid, Status.OK, f"{len(rows)} process(es): {_holders(g, limit=5)}", None,
+                 {"processes": rows})
+
+
+# --------------------------------------------------------------------------- toolkit
+
+def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
+                         root: Path = Path("/"), environ: Mapping[str, str] | None = None,
+                         os_id: Sequence[str] = ()) -> Check:
+    """cuda.driver: the driver is new enough for the toolkit /usr/local/cuda points at."""
+    from provisioner import compat
+
+    tk = link.toolkit if link is not None and link.state == "ok" else None
+    if tk is None or tk.version is None:
+        return Check("cuda.driver", Status.SKIP, "no linked toolkit with a known version", None, {})
+    v = tk.version
+    need = compat.toolkit_min_driver(v)
+    family = compat.family_min_driver(v)
+    data: dict[str, Any] = {"toolkit": str(v), "needs": str(need[0]) if need else None,
+                            "source": need[1] if need else None,
+                            "family_min": str(family[0]) if family else None}
+    if info.status != "ok" or info.driver_version is None:
+        what = f"needs driver >= {need[0]}" if need else "minimum driver unknown"
+        return Check("cuda.driver", Status.SKIP, f"CUDA {v.short} toolkit {what}; no driver to compare",
+                     None, data)
+    drv = info.driver_version
+    data["driver"] = str(drv)
+    if need is None:
+        # A toolkit newer than the table: fall back to the CUDA version the driver reports.
+        if info.cuda is not None and (v.major, v.minor) > (info.cuda.major, info.cuda.minor):
+            return Check("cuda.driver", Status.FAIL,
+                         f"driver {drv} supports CUDA up to {info.cuda.short}, the linked toolkit is {v.short}",
+                         driver_install_fix(os_id), data)
+        return Check("cuda.driver", Status.OK,
+                     f"driver {drv} (CUDA {info.cuda.short if info.cuda else '?'}); no minimum-driver "
+                     f"row for CUDA {v.short}", None, data)
+    if drv >= need[0]:
+        return Check("cuda.driver", Status.OK,
+                     f"driver {drv} >= {need[0]}, the minimum for CUDA {v.short}", None, data)
+    fix = driver_install_fix(os_id, at_least=str(need[0]))
+    older = _older_toolkit(drv, v, root, environ or {})
+    if older:
+        fix += f"; or point /usr/local/cuda at a toolkit this driver runs: {_provision(root, f'cuda switch {older}')}"
+    if family is not None and drv >= family[0]:
+        return Check("cuda.driver", Status.WARN,
+                     f"driver {drv} is older than CUDA {v.short}'s own driver (>= {need[0]}); it meets the "
+                     f"{v.major}.x minor-version-compatibility floor (>= {family[0]}), so programs built "
+                     "with this toolkit run with a limited feature set (no PTX JIT of newer code)",
+                     fix, data)
+    return Check("cuda.driver", Status.FAIL,
+                 f"driver {drv} is too old for the linked CUDA {v.short} toolkit (needs >= {need[0]}"
+                 + (f"; {v.major}.x needs at least {family[0]}" if family else "") + ")",
+                 fix, data)
+
+
+def _older_toolkit(drv: Any, current: CudaVersion, root: Path, environ: Mapping[str, str]) -> str | None:
+    from provisioner import compat, cuda
+
+    try:
+        installed = cuda.toolkits(root, environ)
+    except ProvisionError:
+        return None
+    fits = []
+    for t in installed:
+        if t.version is None or not t.complete or t.version == current:
+            continue
+        need = compat.toolkit_min_driver(t.version)
+        if need is not None and drv >= need[0]:
+            fits.append(t.version)
+    return max(fits).short if fits else None
+
+
+# --------------------------------------------------------------------------- environment
+
+@dataclass(frozen=True)
+class EnvContext:
+    """What the env checks need besides the probe: where the env is and which profiles fix it."""
+
+    target: EnvTarget | None = None
+    profile: Profile | None = None            # ranges to check against (chosen as the issue says)
+    profile_requested: bool = False           # --profile given
+    fix_profile: Profile | None = None        # the profile this machine should use (for fixes)
+    root: Path = Path("/")
+    os_id: tuple[str, ...] = ()
+
+
+def _pip(ctx: EnvContext) -> str:
+    py = str(ctx.target.python) if ctx.target else "python"
+    return f"{shlex.quote(py)} -m pip"
+
+
+def _torch_fix(ctx: EnvContext, profile: Profile | None, *, replace: bool = True) -> str | None:
+    """Install `profile`'s torch build in the env, in place (plus the fresh-env alternative)."""
+    if profile is None:
+        return None
+    py = str(ctx.target.python) if ctx.target else "python"
+    install = shlex.join(profile.install_commands(py)[0])
+    fresh = _provision(ctx.root, f"env create --profile {profile.name}")
+    if not replace:
+        return f"{install}  (or a fresh env: {fresh})"
+    # An installed 2.13.0+cpu satisfies `torch==2.13.0`, so pip would keep it: uninstall first.
+    companions = " ".join(["torch"] + [n for n, v in (("torchvision", profile.torchvision),
+                                                       ("torchaudio", profile.torchaudio)) if v])
+    return f"{_pip(ctx)} uninstall -y {companions} && {install}  (or a fresh env: {fresh})"
+
+
+def _packages_fix(ctx: EnvContext, names: Sequence[str]) -> str | None:
+    profile = ctx.profile
+    if profile is None:
+        return f"{_pip(ctx)} install -U " + " ".join(names)
+    from provisioner.profiles import spec_text
+
+    reqs = []
+    for name in names:
+        spec = profile.packages.get(name)
+        reqs.append(shlex.quote(f"{name}{spec_text(spec)}" if spec is not None and str(spec) else name))
+    return f"{_pip(ctx)} install " + " ".join(reqs)
+
+
+def _line(v: CudaVersion | None) -> tuple[int, int] | None:
+    return (v.major, v.minor) if v is not None else None
+
+
+def arch_supported(arch_list: Sequence[str], cc: tuple[int, int]) -> bool:
+    """Whether a binary with these `sm_XY` / `compute_XY` targets runs on compute capability `cc`.
+
+    A cubin for sm_XY runs on X.Z with Z >= Y (binary compatibility within a major; the
+    arch-specific sm_90a/sm_100f variants do not carry over); PTX (compute_XY) is JIT-compiled for
+    any newer GPU.
+    """
+    for entry in arch_list:
+        kind, _, digits = entry.partition("_")
+        if not digits or not digits[:-1].isdigit():
+            continue
+        if not digits[-1].isdigit():
+            continue   # sm_90a, sm_100f: tied to that exact architecture family
+        target = (int(digits[:-1]), int(digits[-1]))
+        if kind == "sm" and target[0] == cc[0] and target[1] <= cc[1]:
+            return True
+        if kind == "compute" and target <= cc:
+            return True
+    return False
+
+
+def _gpus(info: gpu.DriverInfo) -> tuple[gpu.GpuInfo, ...]:
+    return info.gpus if info.status == "ok" else ()
+
+
+def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Profile | None,
+              *, ctx: EnvContext | None = None, probe_error: str | None = None) -> list[Check]:
+    """env.python, env.torch, env.torch_cuda, env.torch_arch, env.packages, env.bitsandbytes."""
+    ctx = ctx or EnvContext(profile=profile)
+    if ctx.profile is not profile:
+        ctx = EnvContext(ctx.target, profile, ctx.profile_requested, ctx.fix_profile, ctx.root, ctx.os_id)
+    where = ctx.target.describe() if ctx.target else "the environment"
+    ids = ("env.torch", "env.torch_cuda", "env.torch_arch", "env.packages", "env.bitsandbytes")
+    if probe is None:
+        msg = f"cannot run the Python of {where}: {probe_error or 'no result'}"
+        fresh = _provision(ctx.root, "env create --profile "
+                           + (ctx.fix_profile.name if ctx.fix_profile else "auto"))
+        return [Check("env.python", Status.FAIL, msg, f"recreate it: {fresh}", {"error": probe_error}),
+                *(Check(i, Status.SKIP, "the environment's Python did not run", None, {}) for i in ids)]
+    py = probe.get("python") or {}
+    pkgs: Mapping[str, str | None] = probe.get("packages") or {}
+    checks = [Check("env.python", Status.OK, f"Python {py.get('version', '?')} in {where}", None,
+                    {"python": py, "prefix": str(ctx.target.prefix) if ctx.target else py.get("prefix"),
+                     "kind": ctx.target.kind if ctx.target else None,
+                     "probe_seconds": probe.get("seconds")})]
+    torch: Mapping[str, Any] = probe.get("torch") or {}
+    checks.append(_check_torch(pkgs, torch, ctx, probe_error))
+    checks.append(_check_torch_cuda(torch, info, ctx))
+    checks.append(_check_torch_arch(torch, info, ctx))
+    checks.append(_check_packages(pkgs, ctx))
+    checks.append(_check_bnb(pkgs, torch, probe.get("bitsandbytes"), info, ctx))
+    return checks
+
+
+def _check_torch(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], ctx: EnvContext,
+                 probe_error: str | None) -> Check:
+    version = pkgs.get("torch")
+    fix_profile = ctx.fix_profile or ctx.profile
+    if version is None:
+        return Check("env.torch", Status.FAIL, "torch is not installed in this environment",
+                     _torch_fix(ctx, fix_profile, replace=False), {})
+    if not torch.get("imported"):
+        error = torch.get("error") or probe_error or "the probe did not finish"
+        suffix, known_fix, known_id = _explain(error, profile=fix_profile.name if fix_profile else None)
+        return Check("env.torch", Status.FAIL,
+                     f"torch {version} is installed but `import torch` fails: {error}{suffix}",
+                     known_fix or _torch_fix(ctx, fix_profile),
+                     {"version": version, "error": error, "known_message": known_id})
+    build = torch.get("build")
+    desc = "CPU-only build" if build == "cpu" else (
+        f"CUDA {torch.get('cuda')} build" if build == "cuda" else f"{build} build")
+    return Check("env.torch", Status.OK, f"torch {torch.get('version')} ({desc}), import "
+                 f"{torch.get('import_seconds', '?')} s", None,
+                 {"version": torch.get("version"), "build": build, "cuda": torch.get("cuda"),
+                  "import_seconds": torch.get("import_seconds")})
+
+
+def _check_torch_cuda(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvContext) -> Check:
+    cid = "env.torch_cuda"
+    if not torch.get("imported"):
+        return Check(cid, Status.SKIP, "torch does not import", None, {})
+    gpus = _gpus(info)
+    fixp = ctx.fix_profile
+    build = torch.get("build")
+    data = {"build": build, "cuda": torch.get("cuda"), "cuda_available": torch.get("cuda_available"),
+            "device_count": torch.get("device_count"),
+            "driver_cuda": info.cuda.short if info.cuda else None}
+    wants_cuda = ctx.profile is not None and not ctx.profile.is_cpu and ctx.profile_requested
+    if build == "cpu":
+        if gpus and not (ctx.profile_requested and ctx.profile is not None and ctx.profile.is_cpu):
+            names = ", ".join(sorted({g.name or "?" for g in gpus}))
+            cuda_profile = next((p for p in (fixp, ctx.profile) if p is not None and not p.is_cpu), None)
+            return Check(cid, Status.FAIL,
+                         f"torch {torch.get('version')} is a CPU-only build on a machine with "
+                         f"{len(gpus)} NVIDIA GPU(s) ({names}): everything would run on the CPU",
+                         _torch_fix(ctx, cuda_profile), data)
+        if wants_cuda:
+            assert ctx.profile is not None
+            return Check(cid, Status.FAIL,
+                         f"torch is a CPU-only build; profile {ctx.profile.name} wants the "
+                         f"{ctx.profile.variant} build", _torch_fix(ctx, ctx.profile), data)
+        if info.status == "ok" or info.status == "no-library":
+            why = "no NVIDIA driver" if info.status == "no-library" else "NVML lists no GPU"
+            return Check(cid, Status.OK, f"CPU-only build, as fits this machine ({why})", None, data)
+        return Check(cid, Status.WARN,
+                     f"CPU-only build; the NVIDIA driver is installed but not usable ({info.status}): "
+                     "once the driver works, this environment needs a CUDA build", None, data)
+    if build != "cuda":
+        return Check(cid, Status.WARN, f"torch is a {build} build, not CUDA", None, data)
+
+    wheel = CudaVersion.parse(str(torch.get("cuda")))
+    warnings_text = "\n".join(torch.get("warnings") or []) + "\n" + str(torch.get("cuda_error") or "")
+    if info.status != "ok":
+        return Check(cid, Status.WARN,
+                     f"CUDA {wheel.short} build, but there is no usable NVIDIA driver: torch runs on the CPU",
+                     driver_install_fix(ctx.os_id), data)
+    fix = _torch_fix(ctx, fixp)
+    if info.cuda is not None and _line(wheel) > _line(info.cuda):  # type: ignore[operator]
+        from provisioner import compat
+
+        family = compat.family_min_driver(wheel)
+        drv = info.driver_version
+        if wheel.major == info.cuda.major and family and drv is not None and drv >= family[0]:
+            return Check(cid, Status.WARN,
+                         f"torch is built for CUDA {wheel.short}, newer than the CUDA {info.cuda.short} "
+                         f"driver {drv} supports; it runs through minor version compatibility "
+                         f"(driver >= {family[0]}), without PTX JIT", fix, data)
+        suffix, _, known_id = _explain(warnings_text)
+        return Check(cid, Status.FAIL,
+                     f"torch is built for CUDA {wheel.short} but driver {drv or '?'} supports only up "
+                     f"to CUDA {info.cuda.short}: torch cannot use the GPU{suffix}",
+                     fix, dict(data, known_message=known_id))
+    if gpus and not torch.get("cuda_available"):
+        suffix, known_fix, known_id = _explain(warnings_text, profile=fixp.name if fixp else None)
+        detail = (torch.get("warnings") or [torch.get("cuda_error") or "no reason given"])[0]
+        return Check(cid, Status.FAIL,
+                     f"CUDA {wheel.short} build, but torch.cuda.is_available() is False: {detail}{suffix}",
+                     known_fix or fix, dict(data, known_message=known_id))
+    if torch.get("kernel_ok") is False:
+        err = str(torch.get("kernel_error") or "")
+        suffix, known_fix, known_id = _explain(err, profile=fixp.name if fixp else None)
+        return Check(cid, Status.FAIL, f"a CUDA kernel failed to run: {err}{suffix}",
+                     known_fix or fix, dict(data, known_message=known_id))
+    n = torch.get("device_count") or 0
+    return Check(cid, Status.OK,
+                 f"CUDA {wheel.short} build; the driver supports CUDA {info.cuda.short if info.cuda else '?'};"
+                 f" {n} device(s) visible to torch", None, data)
+
+
+def _check_torch_arch(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvContext) -> Check:
+    cid = "env.torch_arch"
+    if not torch.get("imported") or torch.get("build") != "cuda":
+        return Check(cid, Status.SKIP, "no CUDA build of torch", None, {})
+    gpus = [g for g in _gpus(info) if g.cc is not None]
+    if not gpus:
+        return Check(cid, Status.SKIP, "no GPU with a known compute capability", None, {})
+    archs = list(torch.get("arch_list") or [])
+    if not archs:
+        return Check(cid, Status.SKIP, "torch reports no arch list", None, {})
+    missing = [g for g in gpus if not arch_supported(archs, g.cc)]  # type: ignore[arg-type]
+    data = {"arch_list": archs, "gpus": {str(g.index): g.sm for g in gpus}}
+    if missing:
+        fixp = ctx.fix_profile
+        what = ", ".join(f"GPU {g.index} {g.name} ({g.sm})" for g in missing)
+        return Check(cid, Status.FAIL,
+                     f"torch {torch.get('version')} has no kernels for {what}; it was compiled for "
+                     f"{' '.join(archs)}: every CUDA op fails with \"no kernel image is available\"",
+                     _torch_fix(ctx, fixp), data)
+    sms = ", ".join(sorted({g.sm or '?' for g in gpus}))
+    return Check(cid, Status.OK, f"the wheel's arch list covers {sms}", None, data)
+
+
+def _check_packages(pkgs: Mapping[str, str | None], ctx: EnvContext) -> Check:
+    cid = "env.packages"
+    profile = ctx.profile
+    if profile is None:
+        return Check(cid, Status.SKIP, "no profile to compare with", None, {})
+    installed = {k: v for k, v in pkgs.items() if v}
+    problems = profile.check_versions(installed)
+    missing = [n for n in profile.packages if not pkgs.get(n) and n != "bitsandbytes"]
+    data = {"profile": profile.name, "installed": installed, "problems": problems, "missing": missing}
+    if missing:
+        problems = [f"missing: {', '.join(missing)}"] + problems
+    if problems:
+        bad = missing + [n for n in profile.packages if n not in missing and any(
+            p.startswith(f"{n} ") for p in problems)]
+        torch_bad = any(p.startswith(("torch ", "torchvision ", "torchaudio ")) for p in problems)
+        fixes = []
+        if torch_bad:
+            fixes.append(_torch_fix(ctx, profile) or "")
+        if bad:
+            fixes.append(_packages_fix(ctx, bad) or "")
+        return Check(cid, Status.FAIL, f"against profile {profile.name}: " + "; ".join(problems),
+                     " && ".join(f for f in fixes if f) or None, data)
+    shown = ", ".join(f"{n} {installed[n]}" for n in profile.packages if n in installed)
+    return Check(cid, Status.OK, f"{shown or 'nothing to compare'} within profile {profile.name}'s ranges",
+                 None, data)
+
+
+def _check_bnb(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], bnb: Mapping[str, Any] | None,
+               info: gpu.DriverInfo, ctx: EnvContext) -> Check:
+    cid = "env.bitsandbytes"
+    version = pkgs.get("bitsandbytes")
+    fixp = ctx.fix_profile or ctx.profile
+    values = {"profile": fixp.name if fixp else None}
+    if version is None:
+        return Check(cid, Status.FAIL, "bitsandbytes is not installed: no 4-bit loading",
+                     _packages_fix(ctx, ["bitsandbytes"]), {})
+    if not torch.get("imported"):
+        return Check(cid, Status.SKIP, f"bitsandbytes {version} installed; torch does not import", None,
+                     {"version": version})
+    if not bnb:
+        return Check(cid, Status.SKIP, f"bitsandbytes {version} installed; not probed", None, {})
+    log = "\n".join(bnb.get("log") or [])
+    data = {k: bnb.get(k) for k in ("version", "backend", "native", "library", "native_error",
+                                    "matmul", "import_seconds")}
+    reinstall = f"{_pip(ctx)} install -U --force-reinstall --no-deps bitsandbytes"
+    if not bnb.get("imported"):
+        err = str(bnb.get("error"))
+        suffix, known_fix, known_id = _explain(err + "\n" + log, **values)
+        return Check(cid, Status.FAIL, f"bitsandbytes {version} does not import: {err}{suffix}",
+                     known_fix or reinstall, dict(data, known_message=known_id))
+    on_gpu = bool(torch.get("cuda_available")) and bool(_gpus(info))
+    native = bool(bnb.get("native"))
+    lib = bnb.get("library") or "?"
+    matmul: Mapping[str, Any] = bnb.get("matmul") or {}
+    if on_gpu and (not native or not str(lib).startswith("libbitsandbytes_cuda")):
+        err = str(bnb.get("native_error") or f"loaded {lib}")
+        suffix, known_fix, known_id = _explain(err + "\n" + log, **values)
+        return Check(cid, Status.FAIL,
+                     f"bitsandbytes {version} has no working CUDA library for torch's CUDA "
+                     f"{torch.get('cuda')}: {err.strip().splitlines()[0] if err.strip() else err}{suffix}",
+                     known_fix or f"{_pip(ctx)} install -U bitsandbytes", dict(data, known_message=known_id))
+    if not matmul.get("ok"):
+        err = str(matmul.get("error") or "no result")
+        suffix, known_fix, known_id = _explain(err + "\n" + log, **values)
+        return Check(cid, Status.FAIL,
+                     f"bitsandbytes {version}: a 4-bit NF4 matmul on {matmul.get('device', '?')} "
+                     f"failed: {err}{suffix}", known_fix or reinstall, dict(data, known_message=known_id))
+    detail = (f"4-bit NF4 matmul on {matmul.get('device')} matches fp32 within "
+              f"{matmul.get('rel_error')}")
+    if not native:
+        return Check(cid, Status.WARN,
+                     f"bitsandbytes {version}: native library not loaded, running on its pure-PyTorch "
+                     f"fallback ({bnb.get('native_error') or '?'}); {detail}", reinstall, data)
+    return Check(cid, Status.OK, f"bitsandbytes {version}, native library {lib}; {detail}", None, data)
+
+
+# --------------------------------------------------------------------------- putting it together
+
+def _facts_for_choice(facts: Facts) -> Any:
+    from provisioner.choose import MachineFacts
+
+    tk = facts.link.toolkit if facts.link is not None and facts.link.state == "ok" else None
+    return MachineFacts.from_probe(facts.info, tk.version if tk else None)
+
+
+def choose_profiles(facts: Facts, environ: Mapping[str, str],
+                    profile_name: str | None) -> tuple[Profile | None, Profile | None, list[Check]]:
+    """(profile for the range checks, profile whose commands fix this machine, problems as checks).
+
+    Range profile: --profile, else the one matching the env's torch CUDA build, else cpu.
+    Fix profile: --profile when this machine can run it, else the one `env create` would choose.
+    """
+    from provisioner import choose, profiles
+
+    problems: list[Check] = []
+    try:
+        all_profiles = profiles.load_all(environ)
+    except ProvisionError as e:
+        return None, None, [Check("profile", Status.FAIL, e.message, e.hint, {})]
+    if profile_name:
+        # An unknown name is a usage error: let it propagate (exit 2 with the known names).
+        rng: Profile | None = profiles.get(profile_name, environ)
+    else:
+        torch = (facts.probe or {}).get("torch") or {}
+        rng = None
+        if torch.get("cuda"):
+            try:
+                rng = profiles.for_cuda(CudaVersion.parse(str(torch["cuda"])), environ)
+            except ProvisionError:
+                rng = None
+        if rng is None:
+            rng = all_profiles.get("cpu")
+    machine = _facts_for_choice(facts)
+    fix: Profile | None = None
+    if rng is not None and profile_name and not choose.profile_problems(rng, machine):
+        fix = rng
+    else:
+        try:
+            fix = choose.choose_profile(machine, all_profiles).profile
+        except ProvisionError:
+            fix = None
+    if profile_name and rng is not None:
+        why = choose.profile_problems(rng, machine)
+        if why:
+            problems.append(Check("profile", Status.FAIL,
+                                  f"profile {rng.name} cannot run on this machine: " + "; ".join(why),
+                                  f"use --profile {fix.name}" if fix else None, {"profile": rng.name}))
+    return rng, fix, problems
+
+
+def evaluate(facts: Facts, *, root: Path, environ: Mapping[str, str],
+             profile_name: str | None) -> list[Check]:
+    """Judge gathered facts: the full, ordered list of checks."""
+    from provisioner import cuda
+
+    rng, fixp, profile_checks = choose_profiles(facts, environ, profile_name)
+    need_gpu = not (profile_name is not None and rng is not None and rng.is_cpu)
+    checks = check_driver(facts.info, root, facts=facts, need_gpu=need_gpu)
+    checks += check_gpus(facts.info)
+    if facts.link_error is not None:
+        checks.append(Check("cuda.link", Status.FAIL, facts.link_error, None, {}))
+    else:
+        checks.append(cuda.check_link(root, environ))
+    checks.append(check_toolkit_driver(facts.info, facts.link, root=root, environ=environ,
+                                       os_id=facts.os_id))
+    checks.append(cuda.check_nvcc_path(root, environ))
+    checks += profile_checks
+    if facts.target is None:
+        err = facts.target_error
+        msg = err.message if err else "no environment"
+        checks.append(Check("env.python", Status.FAIL, msg, err.hint if err else None, {}))
+    else:
+        ctx = EnvContext(target=facts.target, profile=rng, profile_requested=bool(profile_name),
+                         fix_profile=fixp, root=root, os_id=facts.os_id)
+        env_checks = check_env(facts.probe, facts.info, rng, ctx=ctx, probe_error=facts.probe_error)
+        # the probe's wall time (interpreter start included) says where verify's seconds go
+        env_checks[0] = replace(env_checks[0], data=dict(
+            env_checks[0].data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3)))
+        checks += env_checks
+    return checks
+
+
+def run_checks(*, root: Path, environ: Mapping[str, str], env_target: str | None,
+               profile_name: str | None) -> list[Check]:
+    """Every verify check for this machine and environment (NVML and the env probe run as subprocesses)."""
+    facts = gather(root=root, environ=environ, env_target=env_target)
+    return evaluate(facts, root=root, environ=environ, profile_name=profile_name)
+
+
+def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str, str], model: str | None,
+                 quant: str, prompt: str | None, max_new_tokens: int, trust_remote_code: bool,
+                 stream_to: Any = None) -> list[Check]:
+    """The `--smoke-chat` checks (smoke.*): a real 4-bit chat in the environment, unless it cannot start."""
+    from provisioner import smoke
+
+    blocking = [c for c in checks if c.id in ("env.python", "env.torch") and c.status is Status.FAIL]
+    if facts.target is None or blocking:
+        why = blocking[0].id if blocking else "env.python"
+        return [Check("smoke.load", Status.SKIP, f"smoke chat not run: {why} failed", None, {})]
+    model = model or smoke.DEFAULT_MODEL
+    problem = smoke.local_model_problem(model)
+    if problem:
+        return [Check("smoke.load", Status.FAIL, problem,
+                      "pass a folder holding config.json and the weights, or a hub id", {})]
+    kwargs: dict[str, Any] = {"quant": quant, "max_new_tokens": max_new_tokens,
+                              "trust_remote_code": trust_remote_code, "environ": environ,
+                              "stream_to": stream_to}
+    if prompt:
+        kwargs["prompt"] = prompt
+    result = smoke.run_smoke(facts.target.python, model, **kwargs)
+    gpus = _gpus(facts.info)
+    free = gpus[0].memory_free if gpus else None
+    return smoke.check_smoke(
+        result, estimate_bytes=smoke.estimate_for(model, quant, environ, max_new_tokens=max_new_tokens),
+        gpu_present=bool(gpus),
+        fit_hint=smoke.fit_hint_for(model, quant, environ, free_bytes=free, max_new_tokens=max_new_tokens),
+        bandwidth_bytes_per_s=gpus[0].bandwidth_bytes_per_s if gpus else None)

@@ -1,0 +1,173 @@
+"""Profile auto-choice: from MachineFacts directly, and end to end from the fake NVML library."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from provisioner import choose, profiles
+from provisioner.choose import GpuFact, MachineFacts
+from provisioner.cli import main
+from provisioner.errors import ProvisionError, UsageError
+from provisioner.versions import CudaVersion, DriverVersion
+from tests.fixtures_nvml import GTX_1080_TI, H100, RTX_5090, FakeGpu, FakeMachine
+
+RTX_4060 = FakeGpu()
+
+
+@pytest.fixture
+def bundled() -> dict[str, profiles.Profile]:
+    return profiles.load_all({"HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent"})
+
+
+def facts(driver: str | None = "575.57.08", cuda: str | None = "12.9",
+          gpus: tuple[tuple[str, tuple[int, int]], ...] = (("RTX 4060", (8, 9)),),
+          toolkit: str | None = None, status: str = "ok") -> MachineFacts:
+    return MachineFacts(
+        driver_status=status,
+        driver_version=DriverVersion.parse(driver) if driver else None,
+        driver_cuda=CudaVersion.parse(cuda) if cuda else None,
+        gpus=tuple(GpuFact(i, name, cc) for i, (name, cc) in enumerate(gpus)),
+        toolkit=CudaVersion.parse(toolkit) if toolkit else None,
+    )
+
+
+PASCAL = (("GTX 1080 Ti", (6, 1)),)
+BLACKWELL = (("RTX 5090", (12, 0)),)
+
+AUTO_CASES = [
+    pytest.param(facts(status="no-library", driver=None, cuda=None, gpus=()), "cpu",
+                 "no NVIDIA GPU/driver detected", None, id="no-driver"),
+    pytest.param(facts(gpus=()), "cpu", "reports no GPU", None, id="driver-without-gpu"),
+    pytest.param(facts(), "cu126", "newest profile the driver and every GPU support",
+                 ("cu130", "needs driver >= 580.65.06, this machine has 575.57.08"), id="ada-575"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0"), "cu132",
+                 "CUDA 13.2 on a CUDA 13.0 driver through minor version compatibility", None,
+                 id="ada-580"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0", gpus=PASCAL), "cu126", "wheel supports sm_61",
+                 ("cu130", "has no kernels for sm_61 (GPU 0 GTX 1080 Ti)"), id="pascal-new-driver"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0", gpus=PASCAL + (("RTX 4060", (8, 9)),)),
+                 "cu126", "wheel supports sm_61, sm_89",
+                 ("cu132", "has no kernels for sm_61 (GPU 0 GTX 1080 Ti)"), id="pascal-plus-ada"),
+    pytest.param(facts(driver="470.256.02", cuda="11.4", gpus=PASCAL), "cu118",
+                 "driver 470.256.02 >= 450.80.02",
+                 ("cu126", "needs driver >= 525.60.13, this machine has 470.256.02"), id="old-driver"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0", toolkit="12.8.93"), "cu128",
+                 "matches the linked toolkit CUDA 12.8",
+                 ("cu132", "fits, but cu128 matches the linked toolkit CUDA 12.8"), id="toolkit-line"),
+    pytest.param(facts(driver="595.71.05", cuda="13.2", gpus=(("H100", (9, 0)),) + BLACKWELL), "cu132",
+                 "wheel supports sm_120, sm_90", None, id="hopper-plus-blackwell"),
+]
+
+
+@pytest.mark.parametrize(("machine", "want", "reason", "rejected"), AUTO_CASES)
+def test_auto_choice(bundled: dict[str, profiles.Profile], machine: MachineFacts, want: str,
+                     reason: str, rejected: tuple[str, str] | None) -> None:
+    choice = choose.choose_profile(machine, bundled)
+    assert choice.profile.name == want
+    assert any(reason in r for r in choice.reasons), choice.reasons
+    if rejected is not None:
+        name, why = rejected
+        assert any(n == name and why in r for n, r in choice.rejected), choice.rejected
+    # only newer profiles are listed as rejected, never the chosen one
+    assert want not in [n for n, _ in choice.rejected]
+
+
+REFUSALS = [
+    pytest.param(facts(driver="418.226.00", cuda="10.1"), {}, "no CUDA profile fits this machine",
+                 "upgrade the NVIDIA driver", id="ancient-driver"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0", gpus=PASCAL + BLACKWELL), {},
+                 "cu126: its torch 2.13.0 cu126 wheel has no kernels for sm_120 (GPU 1 RTX 5090)",
+                 "upgrade the NVIDIA driver", id="pascal-plus-blackwell"),
+    pytest.param(facts(status="mismatch", gpus=()), {}, "installed but not usable (mismatch",
+                 "--profile cpu", id="nvml-mismatch"),
+    pytest.param(facts(), {"cuda": CudaVersion.parse("13.0")},
+                 "CUDA 13.0 cannot run on this machine: needs driver >= 580.65.06", None,
+                 id="cuda-13-old-driver"),
+    pytest.param(facts(gpus=BLACKWELL), {"cuda": CudaVersion.parse("cu126")},
+                 "no kernels for sm_120 (GPU 0 RTX 5090)", None, id="cuda-12.6-blackwell"),
+    pytest.param(facts(status="no-library", driver=None, cuda=None, gpus=()), {"requested": "cu126"},
+                 "profile cu126 cannot run on this machine: no usable NVIDIA GPU/driver",
+                 "--profile cpu", id="cuda-profile-no-gpu"),
+]
+
+
+@pytest.mark.parametrize(("machine", "kwargs", "message", "hint"), REFUSALS)
+def test_refusals(bundled: dict[str, profiles.Profile], machine: MachineFacts,
+                  kwargs: dict[str, object], message: str, hint: str | None) -> None:
+    with pytest.raises(ProvisionError) as e:
+        choose.choose_profile(machine, bundled, **kwargs)  # type: ignore[arg-type]
+    assert message in e.value.message
+    if hint:
+        assert e.value.hint and hint in e.value.hint
+
+
+def test_explicit_requests(bundled: dict[str, profiles.Profile]) -> None:
+    c = choose.choose_profile(facts(), bundled, cuda=CudaVersion.parse("12.6"))
+    assert c.profile.name == "cu126" and c.reasons[0] == "requested with --cuda 12.6"
+    c = choose.choose_profile(facts(), bundled, requested="cu126-torch27")
+    assert c.profile.name == "cu126-torch27"
+    c = choose.choose_profile(facts(), bundled, requested="cpu")
+    assert "a CPU build although 1 NVIDIA GPU(s) are present" in c.reasons[0]
+    with pytest.raises(UsageError, match="no profile named 'cu999'"):
+        choose.choose_profile(facts(), bundled, requested="cu999")
+    with pytest.raises(UsageError, match="no profile for CUDA 12.3"):
+        choose.choose_profile(facts(), bundled, cuda=CudaVersion.parse("12.3"))
+
+
+def test_facts_round_trip() -> None:
+    f = facts(driver="580.95.05", cuda="13.0", gpus=PASCAL, toolkit="12.6.85")
+    assert MachineFacts.from_dict(f.to_dict()) == f
+    assert f.summary() == "driver 580.95.05 (CUDA 13.0), GPU 0 GTX 1080 Ti (sm_61), toolkit 12.6"
+
+
+# --- end to end: the real pynvml against the fake libnvidia-ml.so.1, through the CLI -----------
+
+MACHINES = [
+    pytest.param(FakeMachine(driver="470.256.02", cuda=11040, gpus=(GTX_1080_TI,)), "cu118",
+                 "not cu126: needs driver >= 525.60.13, this machine has 470.256.02", id="old-driver"),
+    pytest.param(FakeMachine(driver="580.95.05", cuda=13000, gpus=(GTX_1080_TI,)), "cu126",
+                 "not cu130: its torch 2.13.0 cu130 wheel has no kernels for sm_61 "
+                 "(GPU 0 NVIDIA GeForce GTX 1080 Ti)", id="pascal-new-driver"),
+    pytest.param(FakeMachine(driver="580.95.05", cuda=13000, gpus=(H100, GTX_1080_TI)), "cu126",
+                 "wheel supports sm_61, sm_90", id="two-different-gpus"),
+    pytest.param(FakeMachine(driver="575.57.08", cuda=12090, gpus=(RTX_5090, RTX_4060)), "cu128",
+                 "not cu126: its torch 2.13.0 cu126 wheel has no kernels for sm_120 "
+                 "(GPU 0 NVIDIA GeForce RTX 5090)", id="blackwell-plus-ada"),
+]
+
+
+@pytest.mark.parametrize(("machine", "want", "printed"), MACHINES)
+def test_choice_from_fake_nvml(fake_machine, tmp_path: Path, machine: FakeMachine, want: str,
+                               printed: str) -> None:
+    environ = fake_machine(machine)
+    f = choose.gather_facts(tmp_path, environ)
+    assert f.driver_status == "ok" and len(f.gpus) == len(machine.gpus)
+    assert choose.choose_profile(f, profiles.load_all(environ)).profile.name == want
+
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "env", "create", "--dry-run",
+                                       "--prefix", str(tmp_path / "env")], env=environ)
+    assert result.exit_code == 0, result.output
+    assert f"Profile:     {want}: " in result.stdout
+    assert printed in result.stdout
+    assert not (tmp_path / "env").exists()
+
+
+def test_no_gpu_from_fake_nvml(no_driver_environ: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "env", "create", "--dry-run",
+                                       "--prefix", str(tmp_path / "env")], env=no_driver_environ)
+    assert result.exit_code == 0, result.output
+    assert "Profile:     cpu: no NVIDIA GPU/driver detected -> the CPU build of torch" in result.stdout
+    assert "torch==2.13.0+cpu" in result.stdout
+
+
+def test_impossible_cuda_request_from_fake_nvml(fake_machine, tmp_path: Path) -> None:
+    environ = fake_machine(FakeMachine(driver="535.183.01", cuda=12020, gpus=(RTX_4060,)))
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "env", "create", "--cuda", "13.0",
+                                       "--dry-run"], env=environ)
+    assert result.exit_code == 1
+    assert ("error: CUDA 13.0 cannot run on this machine: needs driver >= 580.65.06, this machine "
+            "has 535.183.01") in result.stderr
+    assert "hint: upgrade the NVIDIA driver" in result.stderr
+    assert "Traceback" not in result.output

@@ -1,0 +1,305 @@
+"""env: plans (no builds), pins, index URLs, the record/registry safety rules, list/remove/export."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from provisioner import env as envmod
+from provisioner.choose import MachineFacts
+from provisioner.cli import main
+from provisioner.errors import ProvisionError, UsageError
+from tests.fixtures_env import isolated_environ
+
+NO_GPU = MachineFacts()
+
+
+def plan(tmp_path: Path, environ: dict[str, str] | None = None, **options: object) -> envmod.CreatePlan:
+    options.setdefault("prefix", tmp_path / "env")
+    return envmod.plan_create(envmod.CreateOptions(**options),  # type: ignore[arg-type]
+                              root=tmp_path, environ=environ or dict(os.environ), facts=NO_GPU)
+
+
+def step(p: envmod.CreatePlan, key: str) -> list[str]:
+    return list(next(s for s in p.steps if s.key == key).argv)
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, args, env=env)
+    assert "Traceback" not in result.output
+    return result
+
+
+# --- pins, URLs, local wheels --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("req", "variant", "want"), [
+    ("torch==2.13.0", "cpu", "torch==2.13.0+cpu"),
+    ("torchvision==0.28.0", "cu126", "torchvision==0.28.0+cu126"),
+    ("torch==2.13.0+cu126", "cu126", "torch==2.13.0+cu126"),
+    ("transformers==5.24.0", "cpu", "transformers==5.24.0"),
+    ("torch>=2.4", "cpu", "torch>=2.4"),
+])
+def test_pin_build(req: str, variant: str, want: str) -> None:
+    assert envmod.pin_build(req, variant) == want
+
+
+def test_pin_build_refuses_another_build() -> None:
+    with pytest.raises(UsageError) as e:
+        envmod.pin_build("torch==2.13.0+cu130", "cpu")
+    assert "is the cu130 build, but the profile is the cpu build" in e.value.message
+    assert e.value.hint is not None and "--torch 2.13.0" in e.value.hint
+
+
+@pytest.mark.parametrize("url", ["https://mirror.example/simple", "file:///srv/simple", "/srv/wheels",
+                                 "relative/wheels"])
+def test_urls_accepted(url: str) -> None:
+    assert envmod.check_url(url, option="--index-url", allow_insecure=False) == url
+
+
+def test_http_needs_the_flag() -> None:
+    with pytest.raises(UsageError) as e:
+        envmod.check_url("http://mirror.example/simple", option="--index-url", allow_insecure=False)
+    assert "--index-url http://mirror.example/simple is not https" in e.value.message
+    assert e.value.hint is not None and "--allow-insecure-index" in e.value.hint
+    assert envmod.check_url("http://m/simple", option="x", allow_insecure=True) == "http://m/simple"
+    with pytest.raises(UsageError, match="unsupported URL scheme 'ftp'"):
+        envmod.check_url("ftp://m/simple", option="--find-links", allow_insecure=True)
+
+
+def test_local_wheels_must_match_pin_python_and_platform(tmp_path: Path) -> None:
+    for name in ("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                 "torch-2.12.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl",
+                 "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl", "not-a-wheel.whl"):
+        (tmp_path / name).write_bytes(b"")
+    links = ["https://mirror.example/wheels", f"file://{tmp_path}"]
+    found = envmod.find_local_wheels(["torch==2.13.0+cpu"], links, "3.11")
+    assert found == {"torch": tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"}
+    assert envmod.find_local_wheels(["torch==2.12.0+cpu"], links, "3.11") is None     # cp312 only
+    assert envmod.find_local_wheels(["torch==2.13.0+cpu", "torchvision==0.28.0+cpu"], links,
+                                    "3.11") is None                                     # all or none
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+def test_cpu_plan_with_pip_uses_the_local_torch_wheel(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    env = isolated_environ(tmp_path / "home", uv=False)
+    env["PIP_FIND_LINKS"] = str(wheels)
+    p = plan(tmp_path, env)
+    assert (p.action, p.backend, p.installer, p.profile.name) == ("create", "venv", "pip", "cpu")
+    assert step(p, "create")[1:] == ["-m", "venv", str(tmp_path / "env")]
+    py = str(tmp_path / "env/bin/python")
+    assert step(p, "torch") == [py, "-m", "pip", "install", "--disable-pip-version-check",
+                                "torch==2.13.0+cpu", "--find-links", str(wheels)]
+    # torch pinned again so the resolver keeps the installed build; pip reads PIP_* itself
+    assert step(p, "packages") == [py, "-m", "pip", "install", "--disable-pip-version-check",
+                                   "torch==2.13.0+cpu", "transformers>=5.0,<6", "accelerate>=1.1.0",
+                                   "bitsandbytes>=0.49"]
+    assert [s.key for s in p.steps] == ["create", "torch", "packages", "verify", "record"]
+    text = p.describe()
+    assert "from local wheel(s)" in text and "is not needed" in text
+    assert not (tmp_path / "env").exists()
+
+
+def test_uv_plan_passes_pip_settings_explicitly(tmp_path: Path) -> None:
+    env = isolated_environ(tmp_path / "home")
+    env.update(PIP_INDEX_URL="https://mirror.example/simple", PIP_EXTRA_INDEX_URL="file:///srv/extra",
+               PIP_FIND_LINKS="/srv/none")
+    p = plan(tmp_path, env, torch="2.12.0", extra_index_urls=("https://more.example/simple",))
+    assert p.installer == "uv" and p.torch_source == "index"
+    uv = step(p, "create")[0]
+    assert step(p, "create") == [uv, "venv", "--quiet", "--python", str(p.interpreter),
+                                 str(tmp_path / "env")]
+    torch = step(p, "torch")
+    assert torch[:5] == [uv, "pip", "install", "--python", str(tmp_path / "env/bin/python")]
+    assert torch[5:] == ["torch==2.12.0+cpu", "--index-url", "https://download.pytorch.org/whl/cpu",
+                         "--extra-index-url", "https://more.example/simple",
+                         "--extra-index-url", "file:///srv/extra", "--find-links", "/srv/none",
+                         "--index-strategy", "unsafe-best-match"]
+    pkgs = step(p, "packages")
+    assert pkgs[pkgs.index("--index-url") + 1] == "https://mirror.example/simple"
+    assert "file:///srv/extra" in pkgs and "/srv/none" in pkgs
+
+
+def test_explicit_index_url_is_used_even_when_a_local_wheel_exists(tmp_path: Path) -> None:
+    p = plan(tmp_path, isolated_environ(tmp_path / "home", uv=False),
+             index_url="https://mirror.example/pytorch/cpu")
+    assert p.torch_source == "index"
+    assert step(p, "torch")[-2:] == ["--index-url", "https://mirror.example/pytorch/cpu"]
+
+
+def test_http_index_refused_before_anything_happens(tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    result = invoke(["--root", str(tmp_path), "env", "create", "--prefix", str(prefix),
+                     "--index-url", "http://mirror.example/simple"])
+    assert result.exit_code == 2
+    assert "error: --index-url http://mirror.example/simple is not https" in result.stderr
+    assert "hint: use the https URL of the index, or pass --allow-insecure-index" in result.stderr
+    assert not prefix.exists()
+    result = invoke(["--root", str(tmp_path), "env", "create", "--prefix", str(prefix), "--dry-run",
+                     "--index-url", "http://mirror.example/simple", "--allow-insecure-index"])
+    assert result.exit_code == 0
+    assert "--index-url http://mirror.example/simple" in result.stdout
+
+
+def test_torch_override_of_another_build_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["--root", str(tmp_path), "env", "create", "--torch", "2.13.0+cu126", "--dry-run"])
+    assert result.exit_code == 2
+    assert "torch 2.13.0+cu126 is the cu126 build, but the profile is the cpu build" in result.stderr
+
+
+def test_dry_run_json_is_one_document(tmp_path: Path) -> None:
+    result = invoke(["--root", str(tmp_path), "env", "create", "--dry-run", "--json",
+                     "--prefix", str(tmp_path / "env")])
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "planned" and doc["plan"]["profile"] == "cpu"
+    assert doc["plan"]["torch"]["requirements"] == ["torch==2.13.0+cpu"]
+    assert [s["key"] for s in doc["plan"]["steps"]] == ["create", "torch", "packages", "verify", "record"]
+
+
+def test_default_prefix_is_under_the_data_dir(tmp_path: Path) -> None:
+    p = envmod.plan_create(envmod.CreateOptions(), root=tmp_path, environ=dict(os.environ), facts=NO_GPU)
+    assert p.prefix == Path(os.environ["XDG_DATA_HOME"]) / "provision" / "envs" / "llm"
+    assert p.location.name == "llm"
+    with pytest.raises(UsageError, match="is not an environment name"):
+        plan(tmp_path, prefix=None, name="../escape")
+
+
+def test_conda_plan_names_the_env_and_asks_conda_where(tmp_path: Path, conda_standin) -> None:  # type: ignore[no-untyped-def]
+    sim = conda_standin("micromamba")
+    p = envmod.plan_create(envmod.CreateOptions(), root=tmp_path, environ=sim.environ, facts=NO_GPU)
+    assert p.backend == "micromamba" and p.prefix == sim.root / "envs" / "llm"
+    assert step(p, "create")[1:] == ["create", "-y", "-n", "llm", "python=3.11", "pip", "-c", "conda-forge"]
+    assert sim.calls() == [["micromamba", "info", "--json"]]
+    p = envmod.plan_create(envmod.CreateOptions(prefix=tmp_path / "p", channels=("my-mirror",)),
+                           root=tmp_path, environ=sim.environ, facts=NO_GPU)
+    assert step(p, "create")[1:] == ["create", "-y", "-p", str(tmp_path / "p"), "python=3.11", "pip",
+                                     "-c", "my-mirror", "--override-channels"]
+
+
+def test_backend_not_on_path(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError) as e:
+        plan(tmp_path, isolated_environ(tmp_path / "home"), backend="mamba")
+    assert e.value.message == "`mamba` not found on PATH"
+
+
+# --- what is already at the prefix ----------------------------------------------------------------
+
+def fake_env(prefix: Path, status: str = "complete", profile: str = "cpu",
+             spec: dict[str, object] | None = None) -> Path:
+    """A directory that looks like a provision env to the record-reading code (no real Python)."""
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python").write_text("")
+    (prefix / envmod.RECORD_NAME).write_text(json.dumps({
+        "version": 1, "status": status, "profile": profile, "backend": "venv", "name": prefix.name,
+        "python": "bin/python", "torch": "torch==2.13.0+cu126", "spec": spec or {"profile": profile,
+        "torch": ["torch==2.13.0+cu126"], "python": "3.11"}, "error": None}))
+    return prefix
+
+
+def test_foreign_directory_is_never_touched(tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    prefix.mkdir()
+    (prefix / "precious.txt").write_text("mine")
+    for extra in ([], ["--force"]):
+        result = invoke(["--root", str(tmp_path), "env", "create", "--prefix", str(prefix), *extra])
+        assert result.exit_code == 1
+        assert f"error: {prefix} already exists and was not created by provision" in result.stderr
+        assert "hint: choose another --prefix or --name" in result.stderr
+    assert (prefix / "precious.txt").read_text() == "mine"
+
+
+def test_empty_directory_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "env").mkdir()
+    assert plan(tmp_path).action == "create"
+
+
+def test_half_built_needs_force(tmp_path: Path) -> None:
+    fake_env(tmp_path / "env", status="building")
+    with pytest.raises(ProvisionError) as e:
+        plan(tmp_path)
+    assert "is half-built: an earlier `env create` for profile cpu did not finish" in e.value.message
+    assert e.value.hint is not None and "--force" in e.value.hint
+    p = plan(tmp_path, force=True)
+    assert p.action == "replace" and [s.key for s in p.steps][:2] == ["remove", "create"]
+
+
+def test_other_profile_needs_force(tmp_path: Path) -> None:
+    fake_env(tmp_path / "env", profile="cu126")
+    with pytest.raises(ProvisionError) as e:
+        plan(tmp_path)
+    assert "holds an environment built from profile cu126 (torch==2.13.0+cu126, Python 3.11)" in e.value.message
+    assert "not profile cpu (torch==2.13.0+cpu, Python 3.11)" in e.value.message
+    assert plan(tmp_path, force=True).action == "replace"
+
+
+def test_same_spec_is_up_to_date(tmp_path: Path) -> None:
+    first = plan(tmp_path)
+    fake_env(tmp_path / "env", spec=dict(first.spec))
+    p = plan(tmp_path)
+    assert p.action == "up-to-date" and p.steps == ()
+    assert "is up to date: profile cpu" in p.describe()
+    result = envmod.apply_create(p, environ=dict(os.environ))
+    assert result.status == "up-to-date"
+
+
+def test_env_status(tmp_path: Path) -> None:
+    assert envmod.env_status(tmp_path / "nothing") is None
+    prefix = fake_env(tmp_path / "env")
+    assert envmod.env_status(prefix) == "complete"
+    (prefix / "bin" / "python").unlink()
+    assert envmod.env_status(prefix) == "broken"
+
+
+# --- list, remove, export ------------------------------------------------------------------------
+
+def test_list_remove_export(tmp_path: Path) -> None:
+    result = invoke(["env", "list"])
+    assert result.exit_code == 0 and "No environments yet" in result.stdout
+
+    data = Path(os.environ["XDG_DATA_HOME"]) / "provision" / "envs"
+    done = fake_env(data / "llm")
+    half = fake_env(tmp_path / "half", status="building", profile="cu126")
+    envmod._update_registry(os.environ, half, {"name": "half", "backend": "venv"})
+    envmod._update_registry(os.environ, tmp_path / "gone", {"name": "gone", "backend": "venv"})
+
+    result = invoke(["env", "list", "--json"])
+    assert result.exit_code == 0
+    rows = {e["name"]: e for e in json.loads(result.stdout)["envs"]}
+    assert {n: rows[n]["status"] for n in rows} == {"llm": "complete", "half": "building", "gone": "missing"}
+    assert rows["half"]["profile"] == "cu126" and rows["llm"]["prefix"] == str(done)
+    assert "llm   cpu" in invoke(["env", "list"]).stdout
+
+    result = invoke(["env", "export", "llm"])
+    assert result.exit_code == 1
+    assert f"error: {done} has no lock (complete)" in result.stderr
+
+    result = invoke(["env", "remove", "half", "--dry-run"])
+    assert result.exit_code == 0 and f"Remove {half}" in result.stdout and half.exists()
+    result = invoke(["env", "remove", str(half)])
+    assert result.exit_code == 0 and not half.exists()
+    assert "half" not in {e.name for e in envmod.list_envs(os.environ)}
+
+
+def test_remove_refuses_what_provision_did_not_create(tmp_path: Path) -> None:
+    foreign = tmp_path / "venv"
+    (foreign / "bin").mkdir(parents=True)
+    result = invoke(["env", "remove", str(foreign)])
+    assert result.exit_code == 1
+    assert f"error: {foreign} was not created by provision" in result.stderr
+    assert "hint: provision only removes environments it built" in result.stderr
+    assert foreign.is_dir()
+    result = invoke(["env", "remove", "nosuch"])
+    assert result.exit_code == 1 and "error: no environment at" in result.stderr
+
+
+def test_export_without_env() -> None:
+    result = invoke(["env", "export"])
+    assert result.exit_code == 1
+    assert "error: no environment created by provision at" in result.stderr
