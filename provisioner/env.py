@@ -929,13 +929,22 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
             if prefix.exists() and step.key not in ("remove",):
                 with contextlib.suppress(OSError):
                     if read_record(prefix) is not None or step.key != "create":
-                        record.update(status="building", error=f"{step.title}: {e.message}", pid=None)
+                        record.update(status="building", error=_short_error(step, e), pid=None)
                         _write_record(prefix, record)
             raise _step_error(step, e, plan) from None
         say(f"[{i}/{total}] {step.title}: done in {time.monotonic() - t0:.1f} s")
     assert lock_path is not None
     return EnvResult(prefix, plan.python, plan.profile.name, "created", lock_path,
                      time.monotonic() - start, plan, checks)
+
+
+def _short_error(step: Step, e: ProvisionError) -> str:
+    """One line for the record: the step and the last thing the failing tool said."""
+    detail = e.message
+    if isinstance(e, CommandError):
+        lines = [ln.strip() for ln in (e.stderr or e.stdout or e.message).splitlines() if ln.strip()]
+        detail = lines[-1] if lines else e.message
+    return f"{step.title} failed: {detail.splitlines()[0] if detail else '?'}"
 
 
 def _step_error(step: Step, e: ProvisionError, plan: CreatePlan) -> ProvisionError:

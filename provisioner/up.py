@@ -35,7 +35,7 @@ class UpOptions:
     name: str | None = None
     prefix: Path | None = None
     quant: str = "auto"                # auto | nf4 | int8 | none
-    context: int | None = None         # None: the longest that fits, capped at DEFAULT_CONTEXT
+    context: int | None = None         # None: `model fit`'s default (4096, or the model's maximum)
     yes: bool = False
     dry_run: bool = False
     cuda: str | None = None
@@ -304,54 +304,39 @@ class Up:
                             {"prefix": str(result.prefix), "python": str(result.python),
                              "status": result.status})
 
-    def _gpu_free(self) -> tuple[int | None, str]:
-        """Bytes the model may use and where the figure came from (--gpu-memory, NVML, or RAM)."""
-        if self.o.gpu_memory and self.o.gpu_memory != "auto":
-            try:
-                return int(float(self.o.gpu_memory) * 1024**3), "--gpu-memory"
-            except ValueError:
-                raise ProvisionError(f"--gpu-memory '{self.o.gpu_memory}' is not a number of GiB",
-                                     hint="write e.g. --gpu-memory 7.5, or auto") from None
-        info = self.ctx["facts"].driver
-        if info is not None and info.loaded and info.gpus and info.gpus[0].memory_free is not None:
-            return int(info.gpus[0].memory_free), f"free memory of GPU 0 ({info.gpus[0].name})"
-        return None, "no GPU: the model runs on the CPU"
-
     def stage_fit(self) -> StageOutcome:
         from provisioner import fit, modelinfo
 
         spec = modelinfo.resolve(self.o.model, environ=self.environ)
-        free, source = self._gpu_free()
-        quants = ("bf16", "int8", "nf4") if self.o.quant == "auto" else (_fit_quant(self.o.quant),)
-        context = self.o.context or DEFAULT_CONTEXT
-        report = fit.fit(spec, gpu_free_bytes=free, context=context, batch=1, quants=quants)
+        memory = fit.gpu_memory(self.o.gpu_memory or "auto", environ=self.environ)
+        # `up` loads in 16 bit, int8 or nf4 (what the smoke chat and `provision chat` offer).
+        quants = ("fp16", "bf16", "int8", "nf4") if self.o.quant == "auto" else (_fit_quant(self.o.quant),)
+        report = fit.fit(spec, gpu_free_bytes=memory.free_bytes, context=self.o.context, batch=1,
+                         quants=quants, prefer_bf16=memory.prefer_bf16)
         self.ctx["fit"] = report
-        if free is None:
-            # On the CPU nothing is gated on GPU memory: use the requested precision (4-bit by default,
-            # as the walkthrough does) and report the estimate for comparison with the measured RSS.
+        context = report.context
+        if memory.free_bytes is None:
+            # On the CPU nothing is gated on GPU memory: load as asked (4-bit by default, as the
+            # walkthrough does) and keep the estimate to compare with the measured peak.
             quant = "nf4" if self.o.quant == "auto" else self.o.quant
             option = next(o for o in report.options if o.quant == _fit_quant(quant))
-            self.ctx["quant"], self.ctx["estimate"] = quant, option.total_bytes
-            self.ctx["context"] = context
-            return StageOutcome("fit", "done", f"{spec.name}: {_human_params(spec.params)} params; {source}; "
-                                f"{quant} estimate {_gib(option.total_bytes)} at {context} tokens",
+            self.ctx.update(quant=quant, estimate=option.total_bytes, context=context)
+            return StageOutcome("fit", "done", f"{spec.name}: {_human_params(spec.params)} params; "
+                                f"{memory.source}; {quant} estimate {_gib(option.total_bytes)} at {context} tokens",
                                 {"quant": quant, "estimate_bytes": option.total_bytes, "context": context})
         rec = report.recommended
         if rec is None:
             best = min(report.options, key=lambda o: o.total_bytes)
-            raise self._fail("fit", "", f"{spec.name} does not fit: needs at least {_gib(best.total_bytes)} "
-                             f"({best.quant}, {context} tokens) but {source} is {_gib(free)}; "
-                             "nothing was downloaded",
-                             _smaller_hint(spec, free, self.environ))
+            raise self._fail("fit", "", f"{spec.name} does not fit: it needs at least {_gib(best.total_bytes)} "
+                             f"({best.quant}, {context} tokens) and {memory.source}; nothing was downloaded",
+                             report.advice or "free GPU memory or choose a smaller model")
         quant = _up_quant(rec.quant)
-        option = rec
-        self.ctx["quant"], self.ctx["estimate"] = quant, option.total_bytes
-        self.ctx["context"] = min(context, option.max_context or context)
+        self.ctx.update(quant=quant, estimate=rec.total_bytes, context=context)
         return StageOutcome("fit", "done",
-                            f"{spec.name}: {quant} fits in {_gib(free)} ({source}): estimate "
-                            f"{_gib(option.total_bytes)} at {context} tokens; up to {option.max_context} tokens",
-                            {"quant": quant, "estimate_bytes": option.total_bytes,
-                             "max_context": option.max_context, "gpu_free_bytes": free})
+                            f"{spec.name}: {rec.quant} fits ({memory.source}): estimate "
+                            f"{_gib(rec.total_bytes)} at {context} tokens; up to {rec.max_context} tokens",
+                            {"quant": quant, "estimate_bytes": rec.total_bytes, "context": context,
+                             "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
 
     def stage_download(self) -> StageOutcome:
         from provisioner import download
@@ -367,11 +352,12 @@ class Up:
             return StageOutcome("download", "done", f"already downloaded: {rec['path']}", rec)
         plan = download.plan_download(self.o.model, local_dir=self.o.local_dir, endpoint=self.o.endpoint,
                                       mirror=self.o.mirror, environ=self.environ)
-        size = plan.total_bytes
+        self.say(plan.describe())
+        size = plan.need_bytes
         if size > CONFIRM_DOWNLOAD_BYTES and not self.o.yes:
             if not self.confirm(f"Download {_gib(size)} of {self.o.model}?"):
                 raise self._fail("download", inputs, "download declined", "re-run with --yes to download")
-        path = download.apply(plan, environ=self.environ)
+        path = download.apply(plan).path
         self.did_work = True
         self.ctx["model_path"] = Path(path)
         self.records.done("download", inputs, {"path": str(path), "bytes": size})
@@ -439,16 +425,14 @@ class Up:
         }
 
 
-DEFAULT_CONTEXT = 4096
-
-
 def _fit_quant(quant: str) -> str:
     """`up`/smoke precision names -> `model fit` names (none = 16-bit)."""
     return {"none": "bf16"}.get(quant, quant)
 
 
 def _up_quant(fit_quant: str) -> str:
-    return "none" if fit_quant in ("bf16", "fp16", "fp32") else fit_quant
+    """`model fit` precision -> the smoke chat's --quant (nf4 with or without double quant is nf4)."""
+    return {"bf16": "none", "fp16": "none", "fp32": "none", "nf4-dq": "nf4"}.get(fit_quant, fit_quant)
 
 
 def _human_params(n: int) -> str:
@@ -460,21 +444,3 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-def _smaller_hint(spec: Any, free: int | None, environ: Mapping[str, str]) -> str:
-    """Name the largest table model that fits in 4-bit, or the memory needed."""
-    from provisioner import fit, modelinfo
-
-    try:
-        candidates = modelinfo.table_models()
-    except AttributeError:
-        candidates = []
-    fitting = []
-    for other in candidates:
-        opt = fit.estimate(other, "nf4", context=DEFAULT_CONTEXT, batch=1)
-        if free is not None and opt.total_bytes <= free:
-            fitting.append((other.params, other.name))
-    if fitting:
-        return f"a smaller model fits in 4-bit: provision up --model {max(fitting)[1]}"
-    return "free GPU memory (close other programs) or use a smaller model"
