@@ -186,6 +186,18 @@ def driver_install_fix(os_id: Sequence[str], *, at_least: str | None = None) -> 
             "distribution's NVIDIA driver package; then reboot")
 
 
+def libcuda_fix(os_id: Sequence[str], branch: int | None) -> str:
+    """The command that puts back the driver's libcuda.so.1 (the CUDA driver API library)."""
+    ids = set(os_id)
+    if "ubuntu" in ids or "pop" in ids or "linuxmint" in ids:
+        return f"sudo apt install --reinstall libnvidia-compute-{branch or '<driver branch>'} && sudo reboot"
+    if "debian" in ids:
+        return "sudo apt install --reinstall libcuda1 && sudo reboot"
+    if "fedora" in ids or "rhel" in ids or "centos" in ids:
+        return "sudo dnf reinstall xorg-x11-drv-nvidia-cuda-libs && sudo reboot"
+    return "reinstall the NVIDIA driver (its libcuda.so.1 is missing), then reboot"
+
+
 # --------------------------------------------------------------------------- driver
 
 def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None,
@@ -257,8 +269,7 @@ def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None
         err = info.errors.get("cuda", "unknown")
         branch = info.driver_version.branch if info.driver_version else None
         if "Not Found" in err or "Library" in err:
-            fix = (f"reinstall the driver's CUDA library (Ubuntu: sudo apt install --reinstall "
-                   f"libnvidia-compute-{branch or '<branch>'}), then reboot")
+            fix = libcuda_fix(os_id, branch)
             checks.append(Check("driver.cuda", Status.FAIL,
                                 f"libcuda.so.1 cannot be loaded ({err}): no CUDA program can use the GPU",
                                 fix, {"error": err}))

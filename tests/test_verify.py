@@ -107,18 +107,18 @@ def test_probe_survives_a_crashing_import(tmp_path: Path, bare_env_python: Path)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
     site = next(prefix.glob("lib/python3*/site-packages"))
     (site / "torch").mkdir()
-    (site / "torch" / "__init__.py").write_text("import os\nos.abort()\n")
+    (site / "torch" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     dist = site / "torch-2.13.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0\n")
     target = envtarget.EnvTarget("venv", prefix, prefix / "bin" / "python")
     report, problem = verify.probe_env(target, dict(os.environ))
     assert report is not None and report["packages"]["torch"] == "2.13.0"
-    assert problem is not None and "killed by signal 6" in problem
+    assert problem is not None and "killed by signal 9" in problem
     checks = by_id(verify.check_env(report, gpu.DriverInfo("no-library"), None,
                                     probe_error=problem))
     assert checks["env.torch"].status is Status.FAIL
-    assert "killed by signal 6" in checks["env.torch"].message
+    assert "killed by signal 9" in checks["env.torch"].message
 
 
 # ---------------------------------------------------------------------------- driver and GPUs
