@@ -235,7 +235,7 @@ def _for_cuda(facts: MachineFacts, profiles: Mapping[str, Profile], cuda: CudaVe
                          hint="profiles exist for CUDA " + ", ".join(have)
                               + "; or add one under $XDG_CONFIG_HOME/provision/profiles")
     ranked = _newest_first(line)
-    rejected = []
+    rejected: list[tuple[str, str]] = []
     for p in ranked:
         problems = profile_problems(p, facts)
         if not problems:
@@ -305,7 +305,8 @@ def _fit_reasons(p: Profile, facts: MachineFacts) -> list[str]:
     reasons = []
     if facts.driver_version is not None and p.driver_min is not None:
         reasons.append(f"driver {facts.driver_version} >= {p.driver_min}")
-    if p.cuda is not None and facts.driver_cuda is not None and _line(p.cuda) > _line(facts.driver_cuda):
+    if p.cuda is not None and facts.driver_cuda is not None and (
+            (p.cuda.major, p.cuda.minor) > (facts.driver_cuda.major, facts.driver_cuda.minor)):
         reasons.append(f"CUDA {p.cuda.short} on a CUDA {facts.driver_cuda.short} driver through "
                        f"minor version compatibility")
     ccs = sorted({g.sm for g in facts.gpus if g.cc is not None})

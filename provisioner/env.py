@@ -86,7 +86,8 @@ class Location:
 class EnvBackend(Protocol):
     """Makes an environment with a Python in it, and installs packages into it."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def create(self, location: Location, python_version: str) -> Step: ...
 
@@ -691,8 +692,9 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
         package_reqs = tuple(profile.package_requirements())
 
     installer = _pick_installer(options.installer, environ)
-    interpreter, note = find_interpreter(python_version, environ)
-    backend = choose_backend(options.backend, environ, options.channels, installer, interpreter)
+    base_python, note = find_interpreter(python_version, environ)
+    backend = choose_backend(options.backend, environ, options.channels, installer, base_python)
+    interpreter: Path | None = base_python
     if isinstance(backend, CondaBackend):
         interpreter, note = None, None   # conda brings its own python=X.Y
     if note:
@@ -780,7 +782,7 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     return CreatePlan(
         action=action, location=location, backend=backend.name, installer=installer.name,
         profile=profile, choice=choice, facts=facts, python_version=python_version, python=python,
-        interpreter=interpreter if not isinstance(backend, CondaBackend) else None,
+        interpreter=interpreter,
         torch_requirements=torch_reqs, package_requirements=package_reqs,
         torch_source=torch_source, torch_index_url=torch_index, local_wheels=local,
         index_url=env_index, extra_index_urls=extra, find_links=all_links if uv else links,
@@ -859,7 +861,6 @@ def apply_create(plan: CreatePlan, *, environ: Mapping[str, str], progress: Prog
     start = time.monotonic()
     prefix = plan.prefix
     if plan.action == "up-to-date":
-        say(f"{prefix} is up to date (profile {plan.profile.name})")
         lock_path = prefix / lockmod.LOCK_NAME
         return EnvResult(prefix, plan.python, plan.profile.name, "up-to-date",
                          lock_path if lock_path.exists() else None, time.monotonic() - start, plan)
@@ -880,7 +881,8 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
         "spec": dict(plan.spec), "backend": plan.backend, "installer": plan.installer,
         "name": plan.location.name, "conda_name": plan.location.conda_name,
         "prefix": str(prefix), "python": str(plan.python.relative_to(prefix)),
-        "torch": " ".join(plan.torch_requirements), "from_lock": str(plan.from_lock) if plan.from_lock else None,
+        "torch": " ".join(plan.torch_requirements),
+        "from_lock": str(plan.from_lock) if plan.from_lock else None,
         "started": _now(), "pid": os.getpid(), "error": None,
     }
     total = len(plan.steps)

@@ -153,6 +153,10 @@ def test_ctrl_c_stops_the_reply_not_the_session(terminal) -> None:
     reply = term.text[term.text.index("Sing for me."):]
     assert 3 <= reply.count("la") < 100000
     term.expect(">>> ")
+    # CPython's readline only notices a signal that interrupts its select(); one that lands in the
+    # microseconds between drawing the prompt and select() waits for the next key. A person cannot
+    # type that fast; a test can, so it pauses.
+    time.sleep(0.5)
     term.type("\x03")  # at the prompt, Ctrl-C drops the line, it does not quit
     term.expect(r"\(/exit or Ctrl-D quits\)")
     term.type("/reset\r")

@@ -11,7 +11,7 @@ from provisioner.choose import GpuFact, MachineFacts
 from provisioner.cli import main
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.versions import CudaVersion, DriverVersion
-from tests.fixtures_nvml import GTX_1080_TI, H100, RTX_5090, FakeGpu, FakeMachine
+from tests.fixtures_nvml import GTX_1080_TI, H100, RTX_5090, FakeGpu, FakeMachine, MachineFactory
 
 RTX_4060 = FakeGpu()
 
@@ -139,7 +139,7 @@ MACHINES = [
 
 
 @pytest.mark.parametrize(("machine", "want", "printed"), MACHINES)
-def test_choice_from_fake_nvml(fake_machine, tmp_path: Path, machine: FakeMachine, want: str,
+def test_choice_from_fake_nvml(fake_machine: MachineFactory, tmp_path: Path, machine: FakeMachine, want: str,
                                printed: str) -> None:
     environ = fake_machine(machine)
     f = choose.gather_facts(tmp_path, environ)
@@ -162,7 +162,7 @@ def test_no_gpu_from_fake_nvml(no_driver_environ: dict[str, str], tmp_path: Path
     assert "torch==2.13.0+cpu" in result.stdout
 
 
-def test_impossible_cuda_request_from_fake_nvml(fake_machine, tmp_path: Path) -> None:
+def test_impossible_cuda_request_from_fake_nvml(fake_machine: MachineFactory, tmp_path: Path) -> None:
     environ = fake_machine(FakeMachine(driver="535.183.01", cuda=12020, gpus=(RTX_4060,)))
     result = CliRunner().invoke(main, ["--root", str(tmp_path), "env", "create", "--cuda", "13.0",
                                        "--dry-run"], env=environ)

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from provisioner import env as envmod
 from provisioner.choose import MachineFacts
 from provisioner.cli import main
 from provisioner.errors import ProvisionError, UsageError
-from tests.fixtures_env import isolated_environ
+from tests.fixtures_env import CondaStandin, isolated_environ
 
 NO_GPU = MachineFacts()
 
@@ -27,7 +28,7 @@ def step(p: envmod.CreatePlan, key: str) -> list[str]:
     return list(next(s for s in p.steps if s.key == key).argv)
 
 
-def invoke(args: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:
     result = CliRunner().invoke(main, args, env=env)
     assert "Traceback" not in result.output
     return result
@@ -171,7 +172,8 @@ def test_default_prefix_is_under_the_data_dir(tmp_path: Path) -> None:
         plan(tmp_path, prefix=None, name="../escape")
 
 
-def test_conda_plan_names_the_env_and_asks_conda_where(tmp_path: Path, conda_standin) -> None:  # type: ignore[no-untyped-def]
+def test_conda_plan_names_the_env_and_asks_conda_where(
+        tmp_path: Path, conda_standin: Callable[[str], CondaStandin]) -> None:
     sim = conda_standin("micromamba")
     p = envmod.plan_create(envmod.CreateOptions(), root=tmp_path, environ=sim.environ, facts=NO_GPU)
     assert p.backend == "micromamba" and p.prefix == sim.root / "envs" / "llm"
@@ -234,7 +236,8 @@ def test_other_profile_needs_force(tmp_path: Path) -> None:
     fake_env(tmp_path / "env", profile="cu126")
     with pytest.raises(ProvisionError) as e:
         plan(tmp_path)
-    assert "holds an environment built from profile cu126 (torch==2.13.0+cu126, Python 3.11)" in e.value.message
+    assert ("holds an environment built from profile cu126 (torch==2.13.0+cu126, Python 3.11)"
+            in e.value.message)
     assert "not profile cpu (torch==2.13.0+cpu, Python 3.11)" in e.value.message
     assert plan(tmp_path, force=True).action == "replace"
 

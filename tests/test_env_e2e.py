@@ -8,16 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from provisioner import env as envmod
-from tests.fixtures_env import REPO, BuiltEnv, isolated_environ, run_provision
+from tests.fixtures_env import REPO, BuiltEnv, CondaStandin, isolated_environ, run_provision
 
 
 def record(prefix: Path) -> dict[str, object]:
-    return json.loads((prefix / envmod.RECORD_NAME).read_text())
+    doc: dict[str, object] = json.loads((prefix / envmod.RECORD_NAME).read_text())
+    return doc
 
 
 def listed(built_environ: dict[str, str], root: Path) -> dict[str, dict[str, object]]:
@@ -170,7 +172,8 @@ def test_interrupted_install_is_half_built_and_force_recovers(tmp_path: Path) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavor", ["conda", "mamba", "micromamba"])
-def test_conda_backends_run_the_exact_commands(conda_standin, tmp_path: Path, flavor: str) -> None:  # type: ignore[no-untyped-def]
+def test_conda_backends_run_the_exact_commands(conda_standin: Callable[[str], CondaStandin],
+                                               tmp_path: Path, flavor: str) -> None:
     # No conda can be installed here (see tests/bin/conda): a stand-in records its argv and makes
     # the prefix a real venv; pip, the verify checks and the lock then run for real inside it.
     sim = conda_standin(flavor)

@@ -79,7 +79,8 @@ def test_lock_accepted_where_it_runs(tmp_path: Path, profile_name: str, machine:
 @pytest.mark.parametrize(("content", "message"), [
     pytest.param("{not json", "not a JSON lock file", id="not-json"),
     pytest.param('{"version": 7}', "not a provision lock (version 1)", id="wrong-version"),
-    pytest.param('{"version": 1, "profile": {}}', "invalid lock file: missing key 'torch.requirements'", id="missing-key"),
+    pytest.param('{"version": 1, "profile": {}}', "invalid lock file: missing key 'torch.requirements'",
+                 id="missing-key"),
 ])
 def test_bad_lock_files(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"

@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import queue
 import resource
 import signal
 import sys
@@ -321,7 +322,9 @@ def in_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     thread = threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True)
     thread.start()
-    thread.join()
+    while thread.is_alive():
+        # Short waits: a signal that lands just before a blocking wait is acted on within 0.2 s.
+        thread.join(0.2)
     if "error" in holder:
         raise holder["error"]
     return holder.get("value")
@@ -335,7 +338,7 @@ def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_token
 
     model, tok = loaded.model, loaded.tokenizer
     notes = notes if notes is not None else Notes()
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=0.2)
     clock = _Clock(stop)
     holder: dict[str, Any] = {}
 
@@ -359,7 +362,13 @@ def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_token
     t0 = time.perf_counter()
     thread = threading.Thread(target=work, name="generate", daemon=True)
     thread.start()
-    for text in streamer:
+    while True:
+        try:
+            text = next(streamer)
+        except StopIteration:
+            break
+        except queue.Empty:
+            continue  # nothing new for 0.2 s (a slow token); waking up lets a Ctrl-C handler run
         if on_text is not None and text:
             on_text(text)
     thread.join()

@@ -133,6 +133,15 @@ def one_shot(chat: Chat, prompt: str) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C outside a reply (while loading, between turns): leave quietly, as shells expect.
+        print(file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     tty = sys.stdin.isatty()
     if args.trust_remote_code:
         _loader.eprint("warning: --trust-remote-code runs Python code that comes with the model")
@@ -149,14 +158,12 @@ def main(argv: list[str]) -> int:
     try:
         loaded = _loader.in_worker(_loader.load, args.model, quant=args.quant, dtype=args.dtype,
                                    trust_remote_code=args.trust_remote_code, notes=notes)
-    except KeyboardInterrupt:
-        return 130
     except _loader.ModelNotFound as e:
         _loader.eprint(f"error: {e}")
         return 1
     except Exception as e:  # noqa: BLE001 - one line for the user; `provision verify --smoke-chat` diagnoses
-        _loader.eprint(f"error: loading {args.model} failed: {type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _loader.eprint(f"error: loading {args.model} failed: {type(e).__name__}: {first}")
         _loader.eprint("hint: `provision verify --smoke-chat --model MODEL --env ENV` says why")
         return 1
     info = loaded.info
@@ -166,9 +173,6 @@ def main(argv: list[str]) -> int:
     chat = Chat(loaded, args)
     try:
         return interactive(chat) if tty else one_shot(chat, prompt)
-    except KeyboardInterrupt:
-        print()
-        return 130
     except _loader.NoChatTemplate as e:
         _loader.eprint(f"error: {e}")
         return 1
