@@ -95,8 +95,9 @@ def main() -> int:
                                environ))
         ours.append(run_provision(args.python, args.model, args.prompt, args.max_new_tokens,
                                   args.dtype, environ))
-        print(f"round {i + 1}: plain {plain[-1]['wall_s']:.2f} s, provision {ours[-1]['wall_s']:.2f} s",
-              file=sys.stderr)
+        print(f"round {i + 1}: " + ", ".join(
+            f"{name} {r['wall_s']:.2f} s (load {r['load_s']:.2f} s, generate {r['generate_s']:.2f} s)"
+            for name, r in (("plain", plain[-1]), ("provision", ours[-1]))), file=sys.stderr)
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(float(r[key]) for r in rows)

@@ -173,7 +173,7 @@ class Up:
             elif name == "env":
                 from provisioner import env as envmod
 
-                st = envmod.env_status(prefix)
+                st = envmod.env_status(prefix, self.environ)
                 if st == "complete" and rec.get("status") == "done":
                     status, why = "done", f"environment {prefix} is complete"
                 elif st == "building":
@@ -187,7 +187,7 @@ class Up:
                     status, why = "done", f"already downloaded to {rec['result']['path']}"
             elif name == "smoke":
                 if rec.get("status") == "done":
-                    status, why = "done?", "done before; rerun only if env, model or precision changed"
+                    status, why = "done", "passed before (re-run when the environment, model or precision changes)"
             if rec.get("status") == "failed":
                 why += f" (failed last time: {rec.get('message', '')[:120]})"
             rows.append(StageOutcome(name, status, why))
@@ -284,7 +284,7 @@ class Up:
         inputs = fingerprint(str(prefix), profile.name, self.o.torch, self.o.index_url,
                              self.o.extra_index_url, self.o.find_links, self.o.backend, self.o.python)
         self.ctx["env_inputs"] = inputs
-        status = envmod.env_status(prefix)
+        status = envmod.env_status(prefix, self.environ)
         force = status == "building"   # provision's own half-built env (an interrupted run): rebuild it
         if force:
             self.say(f"environment {prefix} was left half-built by an interrupted run; rebuilding it")
@@ -293,7 +293,7 @@ class Up:
             python_version=self.o.python, torch=self.o.torch, index_url=self.o.index_url,
             extra_index_url=self.o.extra_index_url, find_links=self.o.find_links,
             allow_insecure_index=self.o.allow_insecure_index, force=force,
-            root=self.root, environ=self.environ, progress=self.say,
+            root=self.root, environ=self.environ, progress=self.say, facts=self.ctx["facts"],
         )
         self.ctx["env"] = result
         ran = result.status != "up-to-date"
@@ -382,9 +382,14 @@ class Up:
         result = smoke.run_smoke(Path(env.python), str(model_path), **kwargs)
         self.did_work = True
         gpu = bool(self.ctx["facts"].driver and self.ctx["facts"].driver.loaded and self.ctx["facts"].driver.gpus)
-        checks = smoke.check_smoke(result, estimate_bytes=self.ctx.get("estimate"), gpu_present=gpu)
+        hint = None
+        if result.oom:
+            free = self.ctx["fit"].gpu_free_bytes if "fit" in self.ctx else None
+            hint = smoke.fit_hint_for(str(model_path), quant, self.environ, free_bytes=free)
+        checks = smoke.check_smoke(result, estimate_bytes=self.ctx.get("estimate"), gpu_present=gpu,
+                                   fit_hint=hint)
         failed = [c for c in checks if c.status.value == "fail"]
-        data = smoke.result_dict(result)
+        data = result.to_dict()
         if failed:
             first = failed[0]
             raise self._fail("smoke", inputs, f"{first.id}: {first.message}", first.fix)

@@ -800,11 +800,23 @@ def choose_profiles(facts: Facts, environ: Mapping[str, str],
     return rng, fix, problems
 
 
+def recorded_profile(prefix: Path) -> str | None:
+    """The profile named in the env's provision record (provision-env.json), if provision built it."""
+    from provisioner import env as envmod
+
+    record = envmod.read_record(prefix) or {}
+    name = record.get("profile")
+    return name if isinstance(name, str) and name else None
+
+
 def evaluate(facts: Facts, *, root: Path, environ: Mapping[str, str],
              profile_name: str | None) -> list[Check]:
     """Judge gathered facts: the full, ordered list of checks."""
     from provisioner import cuda
 
+    if profile_name is None and facts.target is not None:
+        # An environment `provision env create` built is judged against the profile it was built from.
+        profile_name = recorded_profile(facts.target.prefix)
     rng, fixp, profile_checks = choose_profiles(facts, environ, profile_name)
     need_gpu = not (profile_name is not None and rng is not None and rng.is_cpu)
     checks = check_driver(facts.info, root, facts=facts, need_gpu=need_gpu)

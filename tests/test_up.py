@@ -1,0 +1,151 @@
+"""`provision up` end to end on this machine's CPU: the tiny Qwen2 answers, a rerun does nothing,
+an interrupted run resumes; it stops before a download that cannot fit, and prints the sudo line
+instead of switching a toolkit it may not touch."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner import env as envmod
+from tests.fixtures_env import REPO, BuiltEnv, isolated_environ, run_provision
+from tests.fixtures_nvml import GIB, FakeGpu, FakeMachine, MachineFactory
+from tests.helpers_cuda import link_cuda, make_toolkit, unprivileged
+
+TINY = REPO / "tests" / "fixtures" / "tiny-qwen2"
+TINY_REPLY = "I am fine, thank you."
+
+
+def _up_args(root: Path, prefix: Path, *extra: str) -> list[str]:
+    return ["--root", str(root), "up", "--model", str(TINY), "--profile", "cpu", "--torch", "2.13.0",
+            "--prefix", str(prefix), "--yes", *extra]
+
+
+@pytest.mark.slow
+def test_up_interrupted_then_resumed_then_a_noop(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    environ = isolated_environ(home)
+    prefix = tmp_path / "envs" / "llm"
+    args = [sys.executable, "-m", "provisioner", *_up_args(root, prefix)]
+
+    # 1. Kill `up` while it installs into the environment (the record says "building").
+    child = subprocess.Popen(args, env=environ, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            rec = envmod.read_record(prefix) or {}
+            if rec.get("status") == "building" and (prefix / "bin" / "python").exists():
+                time.sleep(1.0)          # let the installer get going
+                break
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            time.sleep(0.1)
+        else:
+            pytest.fail("up never started building the environment")
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert envmod.env_status(prefix, environ) == "building"
+
+    # 2. A rerun sees the half-built environment, rebuilds it, and ends with the known reply.
+    done = run_provision(_up_args(root, prefix), environ)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "half-built" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"reply        {TINY_REPLY!r}" in done.stdout
+    for line in ("GPU          none (CPU)", "profile      cpu", f"environment  {prefix}",
+                 "precision    nf4", "peak memory", "first token", "speed"):
+        assert line in done.stdout, line
+    assert f"provision chat --env {prefix} --quant nf4 {TINY}" in done.stdout
+    assert envmod.env_status(prefix, environ) == "complete"
+
+    # 3. On a finished machine `up` only re-checks, in a few seconds.
+    start = time.monotonic()
+    again = run_provision(_up_args(root, prefix, "--json"), environ)
+    seconds = time.monotonic() - start
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["ok"] is True and doc["did_work"] is False
+    assert {s["name"]: s["status"] for s in doc["stages"]} == {
+        "diagnose": "done", "profile": "done", "toolkit": "skipped", "env": "done", "fit": "done",
+        "download": "skipped", "smoke": "done"}
+    assert doc["summary"]["reply"] == TINY_REPLY
+    assert seconds < 10, seconds
+
+
+def test_dry_run_shows_the_plan_and_changes_nothing(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    environ = isolated_environ(home)
+    prefix = tmp_path / "envs" / "llm"
+    done = run_provision(_up_args(root, prefix, "--dry-run"), environ)
+    assert done.returncode == 0, done.stderr
+    assert "to do  env" in done.stderr and "skipped  download  the model is a local folder" in done.stderr
+    assert not prefix.exists()
+    assert not (home / ".local" / "state" / "provision" / "up.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["gpu-memory-option", "nvml-free-memory"])
+def test_up_stops_before_downloading_a_model_that_cannot_fit(how: str, cpu_env: BuiltEnv,
+                                                             fake_machine: MachineFactory,
+                                                             tmp_path: Path) -> None:
+    environ = dict(cpu_env.environ)
+    extra: list[str] = []
+    if how == "gpu-memory-option":
+        extra = ["--gpu-memory", "2"]
+    else:
+        # An 8 GiB laptop GPU whose desktop already holds 6.5 GiB (fake NVML facts).
+        environ.update({k: v for k, v in fake_machine(FakeMachine(
+            driver="575.57.08", cuda=12090,
+            gpus=(FakeGpu(mem_total=8 * GIB, mem_used=int(6.5 * GIB)),))).items()
+            if k.startswith("FAKE_NVML_") or k == "LD_LIBRARY_PATH"})
+    local_dir = tmp_path / "model"
+    done = run_provision(["--root", str(cpu_env.root), "up", "--model", "Qwen/Qwen2.5-7B-Instruct",
+                          "--profile", "cpu", "--prefix", str(cpu_env.prefix), "--local-dir", str(local_dir),
+                          "--yes", *extra], environ)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "does not fit" in done.stderr and "nothing was downloaded" in done.stderr, done.stderr
+    assert "hint:" in done.stderr
+    assert "download" not in [line.split("]")[-1].split(":")[0].strip()
+                              for line in done.stderr.splitlines() if line.startswith("[")]
+    assert not local_dir.exists()
+    assert "Traceback" not in done.stderr
+
+
+def test_up_prints_the_sudo_line_when_the_toolkit_link_is_not_writable(
+        tmp_path: Path, fake_machine: MachineFactory) -> None:
+    # Fake 12.x toolkit trees (no 12.x nvcc can be installed here); the link points at 12.8 and the
+    # cu126 profile wants 12.6. The stages run in a real process without root's capabilities.
+    root = tmp_path / "root"
+    make_toolkit(root, "12.6")
+    make_toolkit(root, "12.8")
+    link_cuda(root, "cuda-12.8")
+    os.chmod(root / "usr" / "local", 0o555)
+    environ = fake_machine(FakeMachine(driver="575.57.08", cuda=12090))
+    code = (
+        "import os, sys; from pathlib import Path\n"
+        "from provisioner import up\n"
+        "o = up.UpOptions(model='x', profile='cu126', yes=True)\n"
+        "u = up.Up(o, root=Path(sys.argv[1]), environ=dict(os.environ), say=print, confirm=lambda q: True)\n"
+        "u.stage_diagnose(); u.stage_profile(); r = u.stage_toolkit()\n"
+        "print('STATUS', r.status); print('MESSAGE', r.message)\n"
+    )
+    try:
+        done = subprocess.run(unprivileged([sys.executable, "-c", code, str(root)]), env=environ,
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.chmod(root / "usr" / "local", 0o755)
+    assert done.returncode == 0, done.stderr
+    assert "STATUS warn" in done.stdout
+    assert "sudo provision cuda switch 12.6" in done.stdout
+    assert os.readlink(root / "usr" / "local" / "cuda") == "cuda-12.8"   # nothing was switched
