@@ -278,13 +278,20 @@ def fit_hint_for(model: str, quant: str, environ: Mapping[str, str], *, free_byt
     """Which `--quant` would fit in `free_bytes`, from the fit estimates; None when nothing is known."""
     if not free_bytes:
         return None
-    for candidate in ("none", "int8", "nf4"):
+    # Only smaller precisions than the one that did not fit, largest first (best quality).
+    order = ("none", "int8", "nf4")
+    smaller = order[order.index(quant) + 1:] if quant in order else order
+    known = False
+    for candidate in smaller:
         need = estimate_for(model, candidate, environ, max_new_tokens=max_new_tokens)
-        if need is not None and need <= free_bytes and candidate != quant:
+        known = known or need is not None
+        if need is not None and need <= free_bytes:
             return (f"--quant {candidate} needs about {human_bytes(need)} and fits in the "
                     f"{human_bytes(free_bytes)} free; see `provision model fit {model}`")
-    return (f"no precision of {model} fits in {human_bytes(free_bytes)} free: free GPU memory "
-            f"or choose a smaller model (`provision model fit {model}`)")
+    if not known and smaller:
+        return None
+    return (f"no smaller precision of {model} fits in {human_bytes(free_bytes)} free: free GPU "
+            f"memory or choose a smaller model (`provision model fit {model}`)")
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,8 +42,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 class Chat:
     """The conversation: system message, history, and one streamed reply at a time."""
 
-    def __init__(self, loaded: _loader.Loaded, args: argparse.Namespace) -> None:
+    def __init__(self, loaded: _loader.Loaded, args: argparse.Namespace,
+                 worker: _loader.Worker) -> None:
         self.loaded = loaded
+        self.worker = worker
         self.args = args
         self.history: list[dict[str, str]] = []
         self.stop = threading.Event()
@@ -62,7 +64,8 @@ class Chat:
         self.stop.clear()
         previous = signal.signal(signal.SIGINT, lambda _sig, _frame: self.stop.set())
         try:
-            gen = _loader.generate(self.loaded, self.messages(), max_new_tokens=self.args.max_new_tokens,
+            gen = self.worker.call(_loader.generate, self.loaded, self.messages(),
+                                   max_new_tokens=self.args.max_new_tokens,
                                    sample=not self.args.greedy, on_text=_loader.write_text(out),
                                    stop=self.stop, notes=self.notes)
         except BaseException:
@@ -155,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
             _loader.eprint("error: no prompt on stdin (pipe one in, or run in a terminal to chat)")
             return 2
     notes = _loader.Notes()
+    worker = _loader.Worker()
     try:
-        loaded = _loader.in_worker(_loader.load, args.model, quant=args.quant, dtype=args.dtype,
-                                   trust_remote_code=args.trust_remote_code, notes=notes)
+        loaded = worker.call(_loader.load, args.model, quant=args.quant, dtype=args.dtype,
+                             trust_remote_code=args.trust_remote_code, notes=notes)
     except _loader.ModelNotFound as e:
         _loader.eprint(f"error: {e}")
         return 1
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if tty:
         _loader.eprint(f"loaded in {info['load_s']:.1f} s on {info['device']} "
                        f"({_loader.human(info.get('footprint_bytes'))} of weights)")
-    chat = Chat(loaded, args)
+    chat = Chat(loaded, args, worker)
     try:
         return interactive(chat) if tty else one_shot(chat, prompt)
     except _loader.NoChatTemplate as e:
