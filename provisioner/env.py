@@ -591,7 +591,39 @@ def _pick_installer(requested: str, environ: Mapping[str, str]) -> _Installer:
 
 
 def _pip_env_list(environ: Mapping[str, str], var: str) -> tuple[str, ...]:
-    return tuple(environ.get(var, "").split())
+    values = tuple(environ.get(var, "").split())
+    if var == "PIP_FIND_LINKS" and not values:
+        values = pip_config_find_links(environ)
+    return values
+
+
+def pip_config_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """`find-links` from pip's configuration files, in pip's order (the last file wins).
+
+    uv reads no pip configuration, so a local wheel folder that pip is configured with (an
+    air-gapped machine's wheelhouse) must be handed to uv explicitly, or uv goes to the index
+    for a build it cannot find there.
+    """
+    import configparser
+
+    home = Path(environ.get("HOME") or Path.home())
+    dirs = [d for d in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
+    files = [Path(d) / "pip" / "pip.conf" for d in reversed(dirs)] + [Path("/etc/pip.conf")]
+    files += [home / ".pip" / "pip.conf",
+              Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf"]
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    found: tuple[str, ...] = ()
+    for f in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(f)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if parser.has_option(section, "find-links"):
+                found = tuple(parser.get(section, "find-links").split())
+    return found
 
 
 def _location(options: CreateOptions, backend: EnvBackend, environ: Mapping[str, str]) -> Location:

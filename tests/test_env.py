@@ -306,3 +306,14 @@ def test_export_without_env() -> None:
     result = invoke(["env", "export"])
     assert result.exit_code == 1
     assert "error: no environment created by provision at" in result.stderr
+
+
+def test_pip_config_find_links_reach_uv(tmp_path: Path) -> None:
+    """A wheel folder configured in pip.conf (not in PIP_FIND_LINKS) is handed to uv too."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nfind-links = {tmp_path / 'wheels'}\n")
+    environ = {"HOME": str(tmp_path), "XDG_CONFIG_DIRS": str(tmp_path / "none"),
+               "PIP_CONFIG_FILE": str(conf)}
+    assert envmod.pip_config_find_links(environ) == (str(tmp_path / "wheels"),)
+    # an explicit PIP_FIND_LINKS wins over the files
+    assert envmod._pip_env_list({**environ, "PIP_FIND_LINKS": "/x /y"}, "PIP_FIND_LINKS") == ("/x", "/y")
