@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Mapping
@@ -333,6 +334,21 @@ def _quant_text(r: SmokeResult) -> str:
     return f"{r.dtype}, not quantized"
 
 
+#: transformers' words when a hub id is neither cached nor reachable (offline, firewall, bad mirror).
+HUB_UNREACHABLE = ("couldn't connect to", "offline mode", "is not a local folder and is not a valid model")
+
+
+def _own_cause(r: SmokeResult) -> tuple[str | None, str | None]:
+    """(cause, fix) for failures that are about the smoke chat's own inputs, not the machine."""
+    text = (r.error or "").lower()
+    if r.error_type == "OSError" and any(m in text for m in HUB_UNREACHABLE):
+        return (f"{r.model} is not on this machine (not a folder, not in the Hugging Face cache) and "
+                f"the hub could not be reached",
+                f"download it first: provision model download {r.model} (through a mirror: "
+                f"--mirror NAME or --endpoint URL), or pass a local folder")
+    return None, None
+
+
 def _failure_fix(r: SmokeResult) -> str:
     by_type = {
         "ModelNotFound": "pass a folder holding config.json and the weights, or a hub id "
@@ -347,7 +363,7 @@ def _failure_fix(r: SmokeResult) -> str:
     if r.error_type in by_type:
         return by_type[r.error_type]
     if r.command:
-        return "run it by hand to see everything it printed: " + " ".join(r.command)
+        return "run it by hand to see everything it printed: " + shlex.join(r.command)
     return "run `provision verify` to check the environment"
 
 
@@ -377,7 +393,9 @@ def check_smoke(result: SmokeResult, *, estimate_bytes: int | None = None, gpu_p
 def _failed(r: SmokeResult, *, gpu: bool, estimate_bytes: int | None,
             fit_hint: str | None) -> list[Check]:
     first = (r.error or "").strip().splitlines()[0] if r.error else "unknown error"
-    cause, fix = _known(f"{r.error or ''}\n{r.traceback or ''}")
+    cause, fix = _own_cause(r)
+    if cause is None:
+        cause, fix = _known(f"{r.error or ''}\n{r.traceback or ''}")
     doing = {"import": "importing torch/transformers", "generate": "generating a reply",
              "load": f"loading {r.model}"}.get(r.stage or "", f"the smoke chat of {r.model}")
     message = f"{doing} failed: {r.error_type}: {first}" if r.error_type not in (
@@ -412,7 +430,9 @@ def _placement(r: SmokeResult, *, gpu: bool, fit_hint: str | None) -> Check:
     p = r.placement
     by_device = dict(p.get("modules_by_device") or {})
     total = int(p.get("n_modules") or sum(by_device.values()))
-    data = {"modules_by_device": by_device, "bytes_by_device": dict(p.get("bytes_by_device") or {}),
+    bytes_by_device: dict[str, int] = {str(k): int(v) for k, v in
+                                       (p.get("bytes_by_device") or {}).items()}
+    data = {"modules_by_device": by_device, "bytes_by_device": bytes_by_device,
             "offloaded": list(p.get("offloaded") or []), "device_map": dict(p.get("device_map") or {})}
     where = ", ".join(f"{n} on {dev}" for dev, n in sorted(by_device.items())) or "unknown"
     if gpu and not r.on_gpu:
@@ -426,8 +446,7 @@ def _placement(r: SmokeResult, *, gpu: bool, fit_hint: str | None) -> Check:
                 "provision env create", data=data)
     offloaded = int(p.get("n_offloaded") or 0)
     if gpu and offloaded:
-        off_bytes = sum(int(v) for dev, v in data["bytes_by_device"].items()  # type: ignore[union-attr]
-                        if not str(dev).startswith("cuda"))
+        off_bytes = sum(v for dev, v in bytes_by_device.items() if not dev.startswith("cuda"))
         free = (r.gpu or {}).get("free_before_load_bytes")
         free_text = f" ({human_bytes(free)} was free before loading)" if free else ""
         return Check(

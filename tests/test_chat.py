@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,7 @@ class Terminal:
             try:
                 self._read(remaining)
             except EOFError:
-                raise AssertionError(f"the program exited before {pattern!r}:\n" + self.text[-3000:])
+                raise AssertionError(f"the program exited before {pattern!r}:\n" + self.text[-3000:]) from None
 
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -107,7 +107,7 @@ def chat_env(chat_env_python: Path) -> str:
 
 
 @pytest.fixture
-def terminal(chat_env: str) -> Iterator[callable]:
+def terminal(chat_env: str) -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
     def start(*args: str) -> Terminal:
@@ -122,7 +122,7 @@ def terminal(chat_env: str) -> Iterator[callable]:
         term.close()
 
 
-def test_multi_turn_keeps_history_and_reset_clears_it(terminal) -> None:
+def test_multi_turn_keeps_history_and_reset_clears_it(terminal: Callable[..., Terminal]) -> None:
     term = terminal()
     term.expect(r"loaded in [\d.]+ s on cpu")
     term.expect(">>> ")
@@ -141,7 +141,7 @@ def test_multi_turn_keeps_history_and_reset_clears_it(terminal) -> None:
     assert "Traceback" not in term.text
 
 
-def test_ctrl_c_stops_the_reply_not_the_session(terminal) -> None:
+def test_ctrl_c_stops_the_reply_not_the_session(terminal: Callable[..., Terminal]) -> None:
     term = terminal("--max-new-tokens", "100000")
     term.expect(">>> ")
     term.type("Sing for me.\r")  # the tiny model's endless reply
@@ -184,6 +184,14 @@ def test_empty_pipe_fails_before_loading(chat_env: str, provision_cmd: list[str]
     assert "Loading weights" not in done.stderr
 
 
+def test_env_without_torch_names_the_fix(bare_env_python: Path, provision_cmd: list[str]) -> None:
+    done = subprocess.run([*provision_cmd, "chat", str(TINY), "--env", str(bare_env_python.parent.parent)],
+                          input="Hello!\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "lacks torch" in done.stderr and "provision env create" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_missing_model_folder_is_refused_before_starting(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["chat", str(tmp_path / "missing"), "--env", sys.prefix])
     assert result.exit_code == 2
@@ -207,7 +215,7 @@ def test_repl_command_passes_the_options() -> None:
                     "--max-new-tokens", "128", "--system", "Be brief.", "--trust-remote-code", "--stats"]
 
 
-def test_ctrl_c_while_loading_exits_130(terminal) -> None:
+def test_ctrl_c_while_loading_exits_130(terminal: Callable[..., Terminal]) -> None:
     term = terminal()
     term.expect(r"loading .* \(nf4\) \.\.\.")
     term.type("\x03")

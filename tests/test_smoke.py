@@ -106,6 +106,15 @@ def test_bad_model_folder_is_a_failed_result(chat_env_python: Path, tmp_path: Pa
     assert "Traceback" not in checks[0].message
 
 
+def test_hub_id_neither_cached_nor_reachable(chat_env_python: Path) -> None:
+    # The test environment is offline (HF_HUB_OFFLINE=1) with an empty Hugging Face cache.
+    r = run_smoke(chat_env_python, "Qwen/Qwen2.5-1.5B-Instruct", environ=dict(os.environ))
+    assert (r.ok, r.stage, r.error_type) == (False, "load", "OSError")
+    check = check_smoke(r)[0]
+    assert "cause: Qwen/Qwen2.5-1.5B-Instruct is not on this machine" in check.message
+    assert check.fix.startswith("download it first: provision model download Qwen/Qwen2.5-1.5B-Instruct")
+
+
 def test_env_without_torch_says_build_the_env(bare_env_python: Path) -> None:
     r = run_smoke(bare_env_python, str(TINY), environ=dict(os.environ))
     assert (r.ok, r.stage, r.error_type) == (False, "import", "ModuleNotFoundError")

@@ -64,7 +64,7 @@ class Chat:
         self.stop.clear()
         previous = signal.signal(signal.SIGINT, lambda _sig, _frame: self.stop.set())
         try:
-            gen = self.worker.call(_loader.generate, self.loaded, self.messages(),
+            gen: dict[str, Any] = self.worker.call(_loader.generate, self.loaded, self.messages(),
                                    max_new_tokens=self.args.max_new_tokens,
                                    sample=not self.args.greedy, on_text=_loader.write_text(out),
                                    stop=self.stop, notes=self.notes)
@@ -165,10 +165,15 @@ def run(args: argparse.Namespace) -> int:
     except _loader.ModelNotFound as e:
         _loader.eprint(f"error: {e}")
         return 1
+    except ModuleNotFoundError as e:
+        _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
+        _loader.eprint("hint: pass the chat environment with --env, or build one: provision env create")
+        return 1
     except Exception as e:  # noqa: BLE001 - one line for the user; `provision verify --smoke-chat` diagnoses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         _loader.eprint(f"error: loading {args.model} failed: {type(e).__name__}: {first}")
-        _loader.eprint("hint: `provision verify --smoke-chat --model MODEL --env ENV` says why")
+        _loader.eprint(f"hint: `provision verify --smoke-chat --model {args.model} --env {sys.prefix}` "
+                       f"says why")
         return 1
     info = loaded.info
     if tty:
