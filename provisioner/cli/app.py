@@ -45,6 +45,13 @@ class App:
     def emit_json(self, doc: Any) -> None:
         click.echo(json.dumps(doc, indent=2, default=str))
 
+    def show_plan(self, plan: Any) -> None:
+        """A --dry-run's output: the plan's text, or under --json its to_dict() as one document."""
+        if self.json:
+            self.emit_json({"version": 1, "dry_run": True, **plan.to_dict()})
+        else:
+            self.echo(plan.describe())
+
     def style(self, text: str, **kw: Any) -> str:
         if self.color is False or not sys.stdout.isatty():
             return text

@@ -64,10 +64,7 @@ def cuda_current(app: App) -> None:
 
 def _after_switch(app: App, plan: cuda.SwitchPlan, dry_run: bool) -> None:
     if dry_run:
-        if app.json:
-            app.emit_json({"version": 1, "dry_run": True, **plan.to_dict()})
-        else:
-            app.echo(plan.describe())
+        app.show_plan(plan)
         return
     after = cuda.apply(plan)
     tk = after.toolkit
@@ -143,10 +140,7 @@ def cuda_install_cmd(app: App, version: str, prefix: Path | None, wheel_cache: P
     plan = cuda_install.plan_install(CudaVersion.parse(version), app.root, app.environ,
                                      prefix=prefix, wheel_cache=wheel_cache)
     if dry_run:
-        if app.json:
-            app.emit_json({"version": 1, "dry_run": True, **plan.to_dict()})
-        else:
-            app.echo(plan.describe())
+        app.show_plan(plan)
         return
     toolkit = cuda_install.apply_install(plan, progress=app.info)
     if app.json:
