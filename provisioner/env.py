@@ -1034,8 +1034,13 @@ def create_env(*, prefix: Path | str | None = None, name: str | None = None,
                installer: str = "auto", allow_insecure_index: bool = False,
                from_lock: Path | str | None = None, force: bool = False,
                root: Path, environ: Mapping[str, str], progress: Progress | None = None,
-               status: StatusFactory | None = None, facts: MachineFacts | None = None) -> EnvResult:
-    """Plan and apply in one call (what `provision up` uses); "up-to-date" when nothing changed."""
+               status: StatusFactory | None = None, facts: MachineFacts | None = None,
+               confirm_download: Callable[[CreatePlan], bool] | None = None) -> EnvResult:
+    """Plan and apply in one call (what `provision up` uses); "up-to-date" when nothing changed.
+
+    `confirm_download` is asked before a build that fetches torch from an index (a CUDA build is
+    several GB); a False answer raises ProvisionError and changes nothing.
+    """
     options = CreateOptions(
         name=name, prefix=Path(prefix) if prefix is not None else None, profile=profile, cuda=cuda,
         backend=backend, python=python_version, torch=torch, index_url=index_url,
@@ -1043,6 +1048,10 @@ def create_env(*, prefix: Path | str | None = None, name: str | None = None,
         channels=tuple(channels), installer=installer, allow_insecure_index=allow_insecure_index,
         from_lock=Path(from_lock) if from_lock is not None else None, force=force)
     plan = plan_create(options, root=root, environ=environ, facts=facts)
+    if (confirm_download is not None and plan.action != "up-to-date" and plan.torch_source == "index"
+            and not confirm_download(plan)):
+        raise ProvisionError(f"not building {plan.prefix}: the torch download was declined",
+                             hint="re-run with --yes, or give a local wheel folder with --find-links")
     return apply_create(plan, environ=environ, progress=progress, status=status)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,8 +451,12 @@ def load(path: Path | str, *, display: str | None = None) -> Profile:
 
 
 def bundled_dir() -> Path:
-    """The profiles/ directory shipped next to the package."""
-    return Path(provisioner.__file__).parent.parent / "profiles"
+    """The bundled profiles: profiles/ beside the package in a checkout (or an editable install),
+    else <prefix>/share/provision/profiles where a wheel install puts them (setup.cfg data_files)."""
+    beside = Path(provisioner.__file__).parent.parent / "profiles"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "provision" / "profiles"
 
 
 def user_dir(environ: Mapping[str, str]) -> Path:

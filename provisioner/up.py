@@ -294,6 +294,7 @@ class Up:
             extra_index_url=self.o.extra_index_url, find_links=self.o.find_links,
             allow_insecure_index=self.o.allow_insecure_index, force=force,
             root=self.root, environ=self.environ, progress=self.say, facts=self.ctx["facts"],
+            confirm_download=None if self.o.yes else self._confirm_torch,
         )
         self.ctx["env"] = result
         ran = result.status != "up-to-date"
@@ -303,6 +304,11 @@ class Up:
                             f"{result.prefix} ({result.status}, profile {profile.name})",
                             {"prefix": str(result.prefix), "python": str(result.python),
                              "status": result.status})
+
+    def _confirm_torch(self, plan: Any) -> bool:
+        what = " ".join(plan.torch_requirements)
+        size = "a CPU build, about 200 MB" if plan.profile.is_cpu else "a CUDA build, several GB with its libraries"
+        return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
 
     def stage_fit(self) -> StageOutcome:
         from provisioner import fit, modelinfo

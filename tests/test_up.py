@@ -149,3 +149,21 @@ def test_up_prints_the_sudo_line_when_the_toolkit_link_is_not_writable(
     assert "STATUS warn" in done.stdout
     assert "sudo provision cuda switch 12.6" in done.stdout
     assert os.readlink(root / "usr" / "local" / "cuda") == "cuda-12.8"   # nothing was switched
+
+
+def test_up_asks_before_downloading_torch_and_refuses_without_a_terminal(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    environ = isolated_environ(home)
+    prefix = tmp_path / "envs" / "llm"
+    # An index (not a local wheel) would serve torch: without --yes, `up` must ask, and with stdin
+    # not a terminal it refuses before anything is created.
+    done = run_provision(["--root", str(root), "up", "--model", str(TINY), "--profile", "cpu",
+                          "--prefix", str(prefix), "--index-url", "https://wheels.example/whl/cpu"],
+                         environ)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Install torch==2.13.0+cpu from https://wheels.example/whl/cpu" in done.stderr
+    assert "hint: re-run with --yes" in done.stderr
+    assert not prefix.exists()
+    assert "Traceback" not in done.stderr
