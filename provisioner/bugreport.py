@@ -95,7 +95,8 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
     doc["last_smoke"] = state.read(environ, "last-smoke.json")
     doc["last_up"] = state.read(environ, "up.json")
     doc["last_failure"] = state.read(environ, "last-failure.json")
-    return redact.redact(doc, environ)
+    redacted: dict[str, Any] = redact.redact(doc, environ)
+    return redacted
 
 
 def to_markdown(doc: Mapping[str, Any]) -> str:

@@ -618,7 +618,7 @@ def read_record(root: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise ProvisionError(f"{STATE_DIR}/{RECORD_NAME} is unreadable: {e}",
                              hint="remove it and switch explicitly: "
-                                  f"`{command_line(root, 'cuda switch X.Y')}`")
+                                  f"`{command_line(root, 'cuda switch X.Y')}`") from e
     return data if isinstance(data, dict) else None
 
 

@@ -400,7 +400,7 @@ def _run_worker(request: dict[str, Any], *, env: Mapping[str, str], endpoint: En
             detail = proc.tail(done.stderr or done.stdout)
             if done.returncode in (-2, 130):
                 raise Interrupted("download interrupted",
-                                  hint="run the same command again: it resumes from the bytes already on disk")
+                                  hint="run the same command again: it resumes from the bytes already on disk") from None
             raise ProvisionError(f"the hub helper exited {done.returncode} without a result"
                                  + (f"\n{detail}" if detail else ""),
                                  hint="rerun with PROVISION_DEBUG=1 and -v to see the command") from None
@@ -536,7 +536,7 @@ def _op_plan(req: Mapping[str, Any]) -> dict[str, Any]:
     for f in keep:
         if f.sha256:
             # The data path: where this endpoint really sends the bytes (checked before any download).
-            meta = _head(req["repo"], f.path, info.sha, req["endpoint"])
+            meta = _head(req["repo"], f.path, info.sha or req["revision"], req["endpoint"])
             host = urlsplit(meta.location).hostname
             f = RepoFile(f.path, int(meta.size or f.size), f.sha256, f.blob_id, host)
         files.append(f.__dict__)
@@ -553,7 +553,7 @@ def _sha256(path: Path) -> str:
 
 def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -> None:
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     repo, endpoint = req["repo"], req["endpoint"]
     ep = Endpoint(endpoint, "request")

@@ -939,8 +939,8 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
                 _run_step(step, env, status)
                 if not plan.python.exists():
                     raise ProvisionError(f"`{step.shown()}` finished but {plan.python} does not exist",
-                                         hint=f"run it by hand to see why; then `provision env create "
-                                              f"--force`")
+                                         hint="run it by hand to see why; then `provision env create "
+                                              "--force`")
                 _write_record(prefix, record)
             elif step.key in ("torch", "packages"):
                 _run_step(step, env, status)

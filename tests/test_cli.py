@@ -1,7 +1,6 @@
 """The CLI shell: lazy imports, global options, error rendering."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

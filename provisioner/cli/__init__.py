@@ -80,4 +80,4 @@ def run() -> None:  # console_scripts entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    run()
