@@ -67,11 +67,14 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
         out: dict[str, Any] = {"prefix": str(target.prefix), "kind": target.kind,
                                "python": str(target.python)}
         try:
-            listed = proc.run([target.python, "-m", "pip", "list", "--format=json",
-                               "--disable-pip-version-check"], env=dict(environ), timeout=120)
-            out["packages"] = {p["name"]: p["version"] for p in json.loads(listed.stdout)}
-        except (CommandError, ValueError) as e:
-            out["packages"] = {"error": getattr(e, "message", str(e))}
+            # From distribution metadata, as the lock reads it: envs built with uv have no pip.
+            from provisioner import lock
+
+            found = lock.installed(target.python, environ, timeout=120)
+            out["python_version"] = found.python
+            out["packages"] = dict(found.packages)
+        except ProvisionError as e:
+            out["packages"] = {"error": e.message}
         for name in ("provision.lock.json", "provision-env.json"):
             f = target.prefix / name
             if f.is_file():

@@ -383,7 +383,7 @@ def check_link(root: Path, environ: Mapping[str, str]) -> Check:
     if state.state == "directory":
         msg = f"{LINK} is a real directory, not a link, so it cannot be switched"
         return Check("cuda.link", Status.FAIL, msg,
-                     _move_aside_hint(root, state, "provision cuda switch X.Y"), data)
+                     _move_aside_hint(root, state, command_line(root, "cuda switch X.Y")), data)
     if state.state == "not-a-link-file":
         return Check("cuda.link", Status.FAIL, f"{LINK} is a regular file, not a link to a toolkit",
                      f"inspect and remove it (`sudo rm {LINK}`), then `{switch_fix}`", data)
@@ -838,7 +838,15 @@ def plan_shell_init(shell: str, environ: Mapping[str, str]) -> ShellInitPlan:
     naming /usr/local/cuda-X.Y pointed at /usr/local/cuda instead (the original kept in a comment)."""
     block = shell_init(shell)
     path = rc_file(shell, environ)
-    old = path.read_text() if path.exists() else None
+    try:
+        old = path.read_text() if path.exists() else None
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{path} is not UTF-8 text, so it cannot be rewritten safely",
+                             hint="add the lines `provision cuda shell-init` prints to it by hand") from None
+    except OSError as e:
+        raise ProvisionError(f"cannot read {path}: {e.strerror}",
+                             hint="fix its permissions (it should belong to you), or add the lines "
+                                  "`provision cuda shell-init` prints to it by hand") from None
     lines = (old or "").splitlines(keepends=True)
     out: list[str] = []
     rewritten: list[str] = []
@@ -877,6 +885,15 @@ def apply_shell_init(plan: ShellInitPlan) -> Path | None:
     """Write the new rc file atomically, after a timestamped backup; return the backup (None: no change)."""
     if not plan.changed:
         return None
+    try:
+        return _write_shell_init(plan)
+    except OSError as e:
+        raise ProvisionError(f"cannot write {plan.path}: {e.strerror} ({e.filename}); it was left as it was",
+                             hint="fix its permissions (it should belong to you), or add the lines "
+                                  "`provision cuda shell-init` prints to it by hand") from None
+
+
+def _write_shell_init(plan: ShellInitPlan) -> Path | None:
     # A dotfile manager's link stays a link: write the file it points at (in HOME, not a system path).
     target = Path(os.path.realpath(plan.path))
     target.parent.mkdir(parents=True, exist_ok=True)

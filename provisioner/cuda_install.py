@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import proc
-from provisioner.cuda import (LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
+from provisioner.cuda import (LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
                              writable)
-from provisioner.errors import CommandError, PermissionDenied, ProvisionError
+from provisioner.errors import CommandError, PermissionDenied, ProvisionError, UsageError
 from provisioner.paths import under_root
 from provisioner.versions import CudaVersion
 
@@ -142,6 +142,13 @@ def plan_install(version: CudaVersion, root: Path, environ: Mapping[str, str], *
         target = under_root(root, given if given.is_absolute() else Path.cwd() / given)
     shown = system_path(root, target)
     args = f"cuda install {version}" + (f" --prefix {prefix}" if prefix is not None else "")
+    if shown == LINK:
+        # A real directory there is exactly what `cuda switch` must refuse to touch.
+        raise UsageError(f"--prefix {LINK} is the link `cuda switch` manages; a toolkit installed there "
+                         "could never be switched away from",
+                         hint=f"install it as {LOCAL}/cuda-{version.short} "
+                              f"(`{command_line(root, f'cuda install {version}')}`), then "
+                              f"`{command_line(root, f'cuda switch {version.short}')}`")
     if os.path.lexists(target):
         found = read_toolkit(target, root, environ) if target.is_dir() else None
         what = f" (CUDA {found.version})" if found and found.version else ""
@@ -171,7 +178,10 @@ def _pip(plan: InstallPlan, *args: str | Path) -> None:
         if "No module named pip" in text:
             raise ProvisionError(f"{plan.python} has no pip", hint="install pip into provision's own "
                                  "environment (re-run install.sh)") from e
-        raise
+        raise CommandError(e.message, returncode=e.returncode, stdout=e.stdout, stderr=e.stderr,
+                           hint="check that pip reaches the package index (PIP_INDEX_URL, proxy settings); "
+                                "or download the wheels elsewhere into a folder and pass it as --wheel-cache"
+                           ) from e
 
 
 def _fetch(plan: InstallPlan, stage: Path, progress: Callable[[str], None]) -> None:
@@ -181,7 +191,12 @@ def _fetch(plan: InstallPlan, stage: Path, progress: Callable[[str], None]) -> N
         _pip(plan, *common, *plan.requirements)
         return
     cache = plan.wheel_cache
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProvisionError(f"cannot use {cache} as the wheel cache: {e.strerror}",
+                             hint="pass --wheel-cache (or PROVISION_CUDA_WHEEL_CACHE) a directory you may "
+                                  "write, or leave it out") from e
     offline = (*common, "--no-index", "--find-links", str(cache), *plan.requirements)
     try:
         _pip(plan, *offline)

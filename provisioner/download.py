@@ -218,6 +218,20 @@ def _is_present(target: Path, repo_id: str, commit: str, f: RepoFile, local_dir:
     return path.is_file() and path.stat().st_size == f.size and len(lines) >= 2 and lines[1].strip() == f.etag
 
 
+def _check_writable(target: Path) -> None:
+    """Refuse before the first byte when the target folder cannot be created or written."""
+    where = "--local-dir or HF_HUB_CACHE"
+    for p in (target, *target.parents):
+        if p.is_dir():
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ProvisionError(f"cannot write into {p} (to make {target}): permission denied",
+                                     hint=f"download into a folder you can write ({where})")
+            return
+        if p.exists() or p.is_symlink():
+            raise ProvisionError(f"cannot make {target}: {p} is not a folder",
+                                 hint=f"choose another folder ({where})")
+
+
 def _disk_free(path: Path) -> int:
     """Free bytes on the filesystem that will hold `path` (its nearest existing ancestor)."""
     for p in (path, *path.parents):
@@ -348,6 +362,7 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
                          "(drop --endpoint/--mirror and HF_ENDPOINT) where it is reachable")
             if verdict == "foreign":
                 warnings.append(f"{f.path} is served by {f.data_host}, not by {ep.host}")
+    _check_writable(target)
     free = disk_free(target)
     if need > free:
         raise ProvisionError(
@@ -441,6 +456,10 @@ def _error(err: Mapping[str, Any], *, endpoint: Endpoint, repo: str, revision: s
                                     else "check the URL and the network; known mirrors: "
                                     + ", ".join(f"--mirror {k} ({v})" for k, v in MIRRORS.items())
                                     + f"; the hub itself: {DEFAULT_ENDPOINT}"))
+    if kind == "write":
+        return ProvisionError(f"cannot write the files of {repo}: {message}",
+                              hint="download into a folder you can write: --local-dir DIR (or set "
+                                   "HF_HUB_CACHE); then run the same command again")
     if kind == "disk_full":
         return ProvisionError(f"the disk filled up while downloading {repo}: {message}",
                               hint="free some space and run the same command again: it resumes")
@@ -506,6 +525,9 @@ def _classify(e: BaseException) -> dict[str, Any] | None:
             return {"kind": "corrupt", "status": None, "message": str(x)}
         if isinstance(x, OSError) and x.errno == errno.ENOSPC:
             return {"kind": "disk_full", "status": None, "message": first_line(x)}
+        if isinstance(x, OSError) and x.filename is not None:
+            # a filesystem error names its file (network errors do not): the target is not writable
+            return {"kind": "write", "status": None, "message": first_line(x)}
         names = {c.__name__ for c in type(x).__mro__}
         if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ProxyError",
                     "RemoteProtocolError", "ConnectionError", "Timeout"} and status is None:

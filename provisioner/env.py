@@ -187,7 +187,11 @@ class CondaBackend:
 
     def envs_dir(self, environ: Mapping[str, str]) -> Path:
         """Where `-n NAME` puts an environment: the first envs directory `info --json` names."""
-        done = proc.run([self.exe, "info", "--json"], env=environ, timeout=QUERY_TIMEOUT)
+        try:
+            done = proc.run([self.exe, "info", "--json"], env=environ, timeout=QUERY_TIMEOUT)
+        except CommandError as e:
+            raise ProvisionError(e.message, hint=f"check that `{self.flavor} info --json` works, or pass "
+                                                 "--prefix PATH (or --backend venv)") from None
         try:
             info = json.loads(done.stdout)
         except ValueError:
@@ -713,6 +717,12 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
                   for u in options.extra_index_urls)
     links = tuple(check_url(u, option="--find-links", allow_insecure=allow)
                   for u in options.find_links)
+    for u in links:
+        folder = _local_dir(u)
+        # pip and uv only warn about a missing folder and then go to the index: say it now
+        if folder is not None and not _expand(folder, environ).is_dir():
+            raise UsageError(f"--find-links {u}: no such folder",
+                             hint="give the folder that holds the wheel files (or an https:// URL)")
 
     # what to install: torch pinned to the profile's build, everything else by the profile's ranges
     if lock_file is not None:
@@ -880,10 +890,16 @@ def _run_step(step: Step, env: Mapping[str, str], status: StatusFactory | None) 
 
 
 def _delete(prefix: Path) -> None:
-    if prefix.is_symlink() or prefix.is_file():
-        prefix.unlink()
-    elif prefix.exists():
-        shutil.rmtree(prefix)
+    try:
+        if prefix.is_symlink() or prefix.is_file():
+            prefix.unlink()
+        elif prefix.exists():
+            shutil.rmtree(prefix)
+    except OSError as e:
+        raise ProvisionError(f"cannot delete {prefix}: {e.strerror or e}"
+                             + (f" ({e.filename})" if e.filename and str(e.filename) != str(prefix) else ""),
+                             hint="check its permissions (an environment made with sudo needs sudo to "
+                                  "remove), then run the command again") from None
 
 
 def apply_create(plan: CreatePlan, *, environ: Mapping[str, str], progress: Progress | None = None,
@@ -1150,7 +1166,11 @@ def apply_remove(plan: RemovePlan, *, environ: Mapping[str, str]) -> None:
     for step in plan.steps:
         if step.key == "remove":
             if step.argv:
-                proc.run(step.argv, env=env, timeout=step.timeout)
+                try:
+                    proc.run(step.argv, env=env, timeout=step.timeout)
+                except CommandError as e:
+                    raise ProvisionError(f"{step.title} failed: {e.message}",
+                                         hint=f"run `{step.shown()}` by hand to see why") from None
             _delete(plan.prefix)
         elif step.key == "unregister":
             _update_registry(environ, plan.prefix, None)

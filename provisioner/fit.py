@@ -148,7 +148,8 @@ def estimate(spec: ModelSpec, quant: str, *, context: int, batch: int = 1,
              gpu_free_bytes: int | None = None) -> FitOption:
     """One precision's memory need for `context` tokens x `batch` sequences (and its verdict)."""
     if context < 1 or batch < 1:
-        raise UsageError(f"context and batch must be at least 1 (got {context} and {batch})")
+        raise UsageError(f"context and batch must be at least 1 (got {context} and {batch})",
+                         hint="pass --context N and --batch N with N >= 1")
     elem = _elem_bytes(quant)
     weights = weight_bytes(spec, quant).total
     kv = kv_bytes_per_token(spec, elem) * context * batch
@@ -267,9 +268,13 @@ def gpu_memory(setting: str, *, environ: Mapping[str, str]) -> GpuMemory:
         try:
             value = float(setting)
         except ValueError:
-            raise UsageError(f"--gpu-memory must be a number of GiB or 'auto' (got '{setting}')") from None
+            raise UsageError(f"--gpu-memory must be a number of GiB or 'auto' (got '{setting}')",
+                             hint="e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML") from None
+        example = "e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML"
+        if not math.isfinite(value):
+            raise UsageError(f"--gpu-memory must be a finite number of GiB (got {setting})", hint=example)
         if not value > 0:
-            raise UsageError(f"--gpu-memory must be positive (got {setting})")
+            raise UsageError(f"--gpu-memory must be positive (got {setting})", hint=example)
         return GpuMemory(int(value * GiB), f"--gpu-memory {setting} GiB")
     from provisioner import gpu
 

@@ -71,10 +71,18 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _need(config: Mapping[str, Any], key: str, where: str) -> int:
     value = config.get(key)
-    if not isinstance(value, int) or value <= 0:
+    # bool is an int subclass: `true` in config.json is not a count
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ProvisionError(f"{where}: config.json has no usable `{key}` (found {value!r})",
                              hint="pass a folder or hub id of a decoder-only transformers model")
     return value
+
+
+def _optional(config: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    """An optional count: absent (or null/0) gives `default`; anything else must be a positive int."""
+    if not config.get(key):
+        return default
+    return _need(config, key, where)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class _Arch:
 
 
 def _arch_from_config(config: Mapping[str, Any], where: str) -> _Arch:
+    if not isinstance(config, Mapping):
+        raise ProvisionError(f"{where}: config.json is not a JSON object",
+                             hint="pass a folder or hub id of a decoder-only transformers model")
     cfg = _text_config(config)
     if cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts"):
         raise ProvisionError(f"{where}: mixture-of-experts models are not covered by the config.json arithmetic",
@@ -106,16 +117,16 @@ def _arch_from_config(config: Mapping[str, Any], where: str) -> _Arch:
     # (Qwen3, Llama, Mistral) follow `attention_bias` for all four projections.
     qwen2 = model_type in ("qwen2", "qwen2_vl", "qwen2_5_vl", "qwen2_text", "qwen2_5_vl_text")
     bias = bool(cfg.get("attention_bias", False))
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = _optional(cfg, "head_dim", where, hidden // heads)
     return _Arch(
         layers=_need(cfg, "num_hidden_layers", where),
         hidden=hidden,
         heads=heads,
-        kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(head_dim),
+        kv_heads=_optional(cfg, "num_key_value_heads", where, heads),
+        head_dim=head_dim,
         intermediate=_need(cfg, "intermediate_size", where),
         vocab=_need(cfg, "vocab_size", where),
-        max_position=int(cfg.get("max_position_embeddings") or 0),
+        max_position=_optional(cfg, "max_position_embeddings", where, 0),
         tie_embeddings=bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
         qkv_bias=True if qwen2 else bias,
         o_bias=False if qwen2 else bias,
@@ -171,9 +182,16 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError) as e:   # json.JSONDecodeError is a ValueError
         raise ProvisionError(f"{path}: not a readable safetensors file ({e})",
                              hint="re-download it: `provision model download MODEL --local-dir DIR`") from e
+    hint = "re-download it: `provision model download MODEL --local-dir DIR`"
     if not isinstance(header, dict):
-        raise ProvisionError(f"{path}: not a readable safetensors file (the header is not a JSON object)")
+        raise ProvisionError(f"{path}: not a readable safetensors file (the header is not a JSON object)",
+                             hint=hint)
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ProvisionError(f"{path}: not a readable safetensors file (tensor '{name}' has no valid "
+                                 "shape)", hint=hint)
     return header
 
 
@@ -182,9 +200,12 @@ def _safetensors_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ProvisionError(f"{index}: unreadable shard index ({e})") from e
-        files = [folder / name for name in sorted(set(weight_map.values()))]
+            names = sorted({str(name) for name in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ProvisionError(f"{index}: unreadable shard index ({e})",
+                                 hint="re-download the model: `provision model download` fetches the index "
+                                      "again") from e
+        files = [folder / name for name in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ProvisionError(f"{folder}: shards named in {index.name} are missing: {', '.join(missing)}",
@@ -224,7 +245,8 @@ def spec_from_folder(folder: Path, *, name: str | None = None) -> ModelSpec:
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
-        raise ProvisionError(f"{config_path}: not valid JSON ({e})") from e
+        raise ProvisionError(f"{config_path}: not valid JSON ({e})",
+                             hint="re-download the model: `provision model download MODEL --local-dir DIR`") from e
     label = name or str(folder)
     arch = _arch_from_config(config, label)
     files = _safetensors_files(folder)
@@ -338,5 +360,7 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
     try:
         config = json.loads(Path(config_path).read_text())
     except (OSError, ValueError) as e:
-        raise ProvisionError(f"{model}: config.json from the hub is not valid JSON ({e})") from e
+        raise ProvisionError(f"{model}: config.json from the hub is not valid JSON ({e})",
+                             hint="check --revision and the endpoint (HF_ENDPOINT): a mirror may have "
+                                  "served an error page") from e
     return spec_from_config(config, name=model)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import state
-from provisioner.errors import ProvisionError
+from provisioner.errors import PermissionDenied, ProvisionError
 
 STATE_FILE = "up.json"
 #: Downloads above this many bytes are confirmed first (without --yes).
@@ -99,8 +99,11 @@ class Records:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
-        doc = state.read(environ, STATE_FILE) or {}
-        self.stages: dict[str, dict[str, Any]] = dict(doc.get("stages") or {})
+        doc = state.read(environ, STATE_FILE)
+        # A damaged record (edited by hand, another version's) only costs a re-run of the stages.
+        stages = doc.get("stages") if isinstance(doc, dict) else None
+        self.stages: dict[str, dict[str, Any]] = (
+            {k: v for k, v in stages.items() if isinstance(v, dict)} if isinstance(stages, dict) else {})
 
     def get(self, name: str, inputs: str) -> dict[str, Any] | None:
         rec = self.stages.get(name)
@@ -139,8 +142,11 @@ def env_prefix(opts: UpOptions, environ: Mapping[str, str]) -> Path:
 
 
 def toolkit_writable(root: Path) -> bool:
-    local = root / "usr" / "local"
-    return os.access(local, os.W_OK | os.X_OK)
+    """Whether this user may switch the link: `cuda switch` writes /usr/local and its lock/record dir."""
+    from provisioner import cuda
+    from provisioner.paths import under_root
+
+    return all(cuda.writable(under_root(root, d)) for d in (cuda.LOCAL, cuda.STATE_DIR))
 
 
 class Up:
@@ -268,10 +274,19 @@ class Up:
             return StageOutcome("toolkit", "warn",
                                 f"/usr/local/cuda is {have or link.state}, profile wants {want.short}; "
                                 f"switching needs root, run: {sudo_line}", {"fix": sudo_line})
+        try:
+            plan = cuda.plan_switch(want, self.root, self.environ)
+        except PermissionDenied:
+            return StageOutcome("toolkit", "warn",
+                                f"/usr/local/cuda is {have or link.state}, profile wants {want.short}; "
+                                f"switching needs root, run: {sudo_line}", {"fix": sudo_line})
+        except ProvisionError as e:
+            # `cuda switch` refuses (a real directory at the link, ...); the wheel does not need it.
+            return StageOutcome("toolkit", "warn", f"not switched to CUDA {want.short}: {e.message}; {note}",
+                                {"fix": e.hint})
         if not self.o.yes and not self.confirm(f"Switch /usr/local/cuda to CUDA {want.short}?"):
             return StageOutcome("toolkit", "warn", f"not switched (declined); run: provision cuda switch {want.short}",
                                 {"fix": f"provision cuda switch {want.short}"})
-        plan = cuda.plan_switch(want, self.root, self.environ)
         cuda.apply(plan)
         self.did_work = True
         return StageOutcome("toolkit", "ran", f"switched /usr/local/cuda to CUDA {want.short} (was {have or link.state})")

@@ -221,3 +221,26 @@ def test_ctrl_c_while_loading_exits_130(terminal: Callable[..., Terminal]) -> No
     term.type("\x03")
     assert term.wait() == 130
     assert "Traceback" not in term.text and ">>> " not in term.text
+
+
+def test_failed_reply_is_one_error_with_a_hint(chat_env_python: Path) -> None:
+    """A reply that cannot be generated (transformers refuses max_new_tokens -1, which `provision chat`
+    itself never passes) ends with one error line and a hint, never a traceback."""
+    done = subprocess.run([str(chat_env_python), str(REPL_SCRIPT), str(TINY), "--greedy",
+                           "--max-new-tokens", "-1"], input="Hello! How are you?\n",
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[-2].startswith("error: generating a reply failed: ValueError: `max_new_tokens` must be greater")
+    assert lines[-1].startswith(f"hint: `provision verify --smoke-chat --model {TINY} --env ")
+    assert "Traceback" not in done.stderr
+
+
+def test_repl_missing_folder_names_the_fix(chat_env_python: Path, tmp_path: Path) -> None:
+    done = subprocess.run([str(chat_env_python), str(REPL_SCRIPT), str(tmp_path / "missing")],
+                          input="Hello!\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-2:] == [
+        f"error: model folder {tmp_path / 'missing'} does not exist",
+        "hint: pass a folder holding config.json and the weights, or a hub id "
+        "(provision model download ID --local-dir DIR)"]

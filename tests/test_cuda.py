@@ -673,3 +673,70 @@ def test_unterminated_block_is_refused(isolated_home: Path, root: Path) -> None:
     result = cli(root, "cuda", "shell-init", "--apply", "--shell", "bash")
     assert result.exit_code == 1 and "without `# <<< provision cuda <<<`" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- audit additions
+
+def test_verbose_prints_each_external_command(root: Path) -> None:
+    make_toolkit(root, "12.6")
+    quiet = cli(root, "cuda", "list")
+    loud = cli(root, "-v", "cuda", "list")
+    assert quiet.exit_code == loud.exit_code == 0
+    nvcc = root / "usr/local/cuda-12.6/bin/nvcc"
+    assert f"+ {nvcc} --version" in loud.stderr.splitlines()
+    assert "+ " not in quiet.stderr
+    assert loud.stdout == quiet.stdout  # traces go to stderr only
+
+
+def test_directory_link_fix_carries_the_root(root: Path) -> None:
+    make_toolkit(root, "12.4", name="cuda")
+    check = cuda.check_link(root, ENV)
+    assert check.status is Status.FAIL
+    assert check.fix is not None and check.fix.endswith(f"then `provision --root {root} cuda switch X.Y`")
+
+
+def test_shell_init_json(root: Path, isolated_home: Path) -> None:
+    printed = cli(root, "--json", "cuda", "shell-init", "--shell", "zsh")
+    assert printed.exit_code == 0
+    assert json.loads(printed.stdout) == {"version": 1, "shell": "zsh", "rc_file": str(isolated_home / ".zshrc"),
+                                          "text": cuda.shell_init("zsh")}
+    rc = isolated_home / ".bashrc"
+    rc.write_text(BASHRC)
+    dry = cli(root, "cuda", "shell-init", "--shell", "bash", "--apply", "--dry-run", "--json")
+    assert dry.exit_code == 0 and rc.read_text() == BASHRC
+    doc = json.loads(dry.stdout)
+    assert (doc["dry_run"], doc["changed"], doc["backup"]) == (True, True, None)
+    assert "export CUDA_HOME=/usr/local/cuda-12.6" in doc["rewritten"]
+    applied = cli(root, "cuda", "shell-init", "--shell", "bash", "--apply", "--json")
+    assert applied.exit_code == 0
+    doc = json.loads(applied.stdout)
+    assert doc["changed"] is True and doc["backup"] is not None and Path(doc["backup"]).read_text() == BASHRC
+    assert cuda.BEGIN in rc.read_text()
+
+
+def test_unreadable_rc_file_is_an_error_not_a_traceback(root: Path, isolated_home: Path) -> None:
+    (isolated_home / ".bashrc").mkdir()  # a directory where the rc file should be: reading fails for real
+    result = cli(root, "cuda", "shell-init", "--apply", "--shell", "bash")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot read {isolated_home / '.bashrc'}: Is a directory\nhint: ")
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_rc_file_is_refused_and_left_alone(root: Path, tmp_path: Path) -> None:
+    """A real EACCES (see helpers_cuda.unprivileged): HOME is read-only, so neither the backup nor the
+    new file can be written."""
+    home = tmp_path / "ro-home"
+    home.mkdir()
+    (home / ".bashrc").write_text(BASHRC)
+    home.chmod(0o555)
+    env = dict(os.environ, HOME=str(home), XDG_STATE_HOME=str(tmp_path / "state"))
+    try:
+        done = subprocess.run(unprivileged(provision_argv(root, "cuda", "shell-init", "--apply", "--shell",
+                                                          "bash")), capture_output=True, text=True, env=env)
+    finally:
+        home.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write {home / '.bashrc'}: Permission denied" in done.stderr
+    assert "hint: " in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in home.iterdir()) == [".bashrc"]
+    assert (home / ".bashrc").read_text() == BASHRC

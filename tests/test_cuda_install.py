@@ -168,3 +168,26 @@ def test_requirements_pin_one_release(version: str, nvcc_pin: str) -> None:
     reqs = cuda_install.requirements(CudaVersion.parse(version))
     assert reqs[0] == nvcc_pin and len(reqs) == len(cuda_install.WHEELS)
     assert all(r.split("==")[1].startswith(CudaVersion.parse(version).short + ".") for r in reqs)
+
+
+@pytest.mark.parametrize("prefix", ["/usr/local/cuda", "/usr/local/cuda/"])
+def test_prefix_at_the_switch_link_is_refused(root: Path, prefix: str) -> None:
+    result = cli(root, "cuda", "install", "13.0", "--prefix", prefix)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --prefix /usr/local/cuda is the link `cuda switch` manages")
+    assert f"hint: install it as /usr/local/cuda-13.0 (`provision --root {root} cuda install 13.0`)" in result.stderr
+    assert "Traceback" not in result.output
+    assert os.listdir(root / "usr/local") == []
+
+
+def test_wheel_cache_under_a_file_is_refused(root: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "wheels"
+    blocker.write_text("not a directory")
+    cache = blocker / "cuda"  # Click accepts the path; creating it fails for real
+    result = cli(root, "cuda", "install", "13.0", "--wheel-cache", str(cache))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: cannot use {cache} as the wheel cache: Not a directory",
+        "hint: pass --wheel-cache (or PROVISION_CUDA_WHEEL_CACHE) a directory you may write, or leave it out"]
+    assert "Traceback" not in result.output
+    assert os.listdir(root / "usr/local") == [] and blocker.read_text() == "not a directory"

@@ -344,3 +344,29 @@ def test_not_a_repo_id_is_a_usage_error() -> None:
     result = cli("model", "download", "qwen2.5-7b-instruct")
     assert result.exit_code == 2
     assert "error: 'qwen2.5-7b-instruct' is not a hub repository id" in result.stderr
+
+
+def test_target_that_cannot_be_a_folder_is_refused_before_the_first_byte(
+        online: None, hub: HubServer, hub_repo: Repo, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli("model", "download", REPO, "--endpoint", hub.url, "--local-dir", str(blocker / "model"))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"error: cannot make {blocker / 'model'}: {blocker} is not a folder",
+                                          "hint: choose another folder (--local-dir or HF_HUB_CACHE)"]
+    assert resolve_gets(hub) == []
+
+
+def test_write_failure_during_the_download_is_explained(online: None, hub: HubServer, hub_repo: Repo,
+                                                        tmp_path: Path) -> None:
+    """The folder is writable, but huggingface_hub's bookkeeping path inside it is blocked by a file."""
+    target = tmp_path / "tiny"
+    target.mkdir()
+    (target / ".cache").write_text("")
+    result = cli("model", "download", REPO, "--endpoint", hub.url, "--local-dir", str(target))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[-2].startswith(f"error: cannot write the files of {REPO}: [Errno 20] Not a directory: ")
+    assert lines[-1] == ("hint: download into a folder you can write: --local-dir DIR (or set HF_HUB_CACHE); "
+                         "then run the same command again")
+    assert "Traceback" not in result.output

@@ -1,9 +1,14 @@
 """env: plans (no builds), pins, index URLs, the record/registry safety rules, list/remove/export."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,3 +322,101 @@ def test_pip_config_find_links_reach_uv(tmp_path: Path) -> None:
     assert envmod.pip_config_find_links(environ) == (str(tmp_path / "wheels"),)
     # an explicit PIP_FIND_LINKS wins over the files
     assert envmod._pip_env_list({**environ, "PIP_FIND_LINKS": "/x /y"}, "PIP_FIND_LINKS") == ("/x", "/y")
+
+
+# --- audit additions: local wheel folders, completion only after verify, progress, export -------
+
+def test_missing_find_links_folder_is_refused(tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    for where in (str(tmp_path / "no-wheels"), f"file://{tmp_path / 'no-wheels'}"):
+        result = invoke(["--root", str(tmp_path), "env", "create", "--prefix", str(prefix),
+                         "--find-links", where])
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            f"error: --find-links {where}: no such folder",
+            "hint: give the folder that holds the wheel files (or an https:// URL)"]
+    assert not prefix.exists()
+    assert str(prefix) not in envmod.read_registry(os.environ)
+
+
+def test_failed_verify_is_never_recorded_complete(tmp_path: Path) -> None:
+    """The verify and record steps of a real plan, run on a real venv that has no torch."""
+    p = plan(tmp_path, isolated_environ(tmp_path / "home", uv=False))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(p.prefix)], check=True)
+    last = replace(p, steps=tuple(s for s in p.steps if s.key in ("verify", "record")))
+    said: list[str] = []
+    with pytest.raises(ProvisionError) as e:
+        envmod.apply_create(last, environ=dict(os.environ), progress=said.append)
+    assert e.value.message.startswith(f"verify the environment failed; {p.prefix} is left half-built\n"
+                                      "the new environment failed ")
+    assert "env.torch: torch is not installed" in e.value.message
+    assert e.value.hint is not None and f"provision verify --env {p.prefix}" in e.value.hint
+    assert said == ["[1/2] verify the environment ..."]      # the record step never ran
+    rec = envmod.read_record(p.prefix)
+    assert rec is not None and rec["status"] == "building"
+    assert str(rec["error"]).startswith("verify the environment failed")
+    assert not (p.prefix / "provision.lock.json").exists()
+    assert envmod.env_status(p.prefix) == "building"
+    with pytest.raises(ProvisionError, match="is half-built: .* \\(it failed: verify the environment failed"):
+        plan(tmp_path)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal (rich draws its spinner only on one)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_steps_get_a_spinner_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.cli.app import App
+    from provisioner.cli.env import _spinner
+
+    assert _spinner(App(environ={})) is None                   # pytest's stderr is not a terminal
+    assert _spinner(App(environ={}, json=True)) is None
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    status = _spinner(App(environ={"NO_COLOR": "1"}))
+    assert status is not None
+    with status("install torch"):
+        time.sleep(0.3)
+    assert "install torch ..." in screen.getvalue()
+
+
+def test_export_writes_the_lock_and_reports_it_as_json(tmp_path: Path) -> None:
+    from provisioner import lock as lockmod
+    from provisioner import profiles
+
+    prefix = fake_env(tmp_path / "env")
+    profile = profiles.get("cpu", dict(os.environ))
+    found = lockmod.Installed("3.11.7", {"torch": "2.13.0+cpu", "transformers": "5.24.0"})
+    lockmod.write(prefix, lockmod.build(
+        profile=profile, torch_requirements=["torch==2.13.0+cpu"], found=found, facts=NO_GPU,
+        backend="venv", installer="pip", prefix=prefix, torch_index_url=profile.torch_index_url,
+        index_url=None, extra_index_urls=[], find_links=[]))
+    out = tmp_path / "copy.lock.json"
+    result = invoke(["env", "export", str(prefix), "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"version": 1, "output": str(out),
+                                         "lock": str(prefix / "provision.lock.json")}
+    assert lockmod.read(out).torch_requirements == ("torch==2.13.0+cpu",)
+    result = invoke(["env", "export", str(prefix), "--output", str(tmp_path / "env" / "bin" / "python" / "x")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot write {tmp_path / 'env' / 'bin' / 'python' / 'x'}: ")
+    assert "hint: choose a writable path for --output" in result.stderr
+
+
+def test_broken_conda_is_explained(tmp_path: Path) -> None:
+    """A `conda` that fails `info --json` (a stand-in: no conda can be installed here, and a broken
+    one is what this checks)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    conda = bin_dir / "conda"
+    conda.write_text("#!/bin/sh\necho 'CondaError: corrupted .condarc' >&2\nexit 1\n")
+    conda.chmod(0o755)
+    env = isolated_environ(tmp_path / "home", uv=False, extra_path=[bin_dir])
+    result = invoke(["--root", str(tmp_path), "env", "create", "--dry-run"], env=env)
+    assert result.exit_code == 1
+    assert f"error: `{conda} info --json` exited 1\n    CondaError: corrupted .condarc\n" in result.stderr
+    assert "hint: check that `conda info --json` works, or pass --prefix PATH (or --backend venv)" \
+        in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,9 @@ def test_unreachable_index_fails_clearly_and_nothing_is_complete(tmp_path: Path)
     assert done.returncode == 1
     assert f"error: install torch failed; {prefix} is left half-built" in done.stderr
     assert "127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
+    # the installer's own last words, indented under the command line, come before the hint
+    assert re.search(r"\n`[^`]* install [^`]*--index-url https://127\.0\.0\.1:9/simple[^`]*` exited \d+\n"
+                     r"(    .*\n)*    .*127\.0\.0\.1:9.*\n(    .*\n)*hint: ", done.stderr), done.stderr
     assert "hint: check that https://127.0.0.1:9/simple is reachable" in done.stderr
     rec = record(prefix)
     assert rec["status"] == "building" and "install torch" in str(rec["error"])

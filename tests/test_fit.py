@@ -167,6 +167,42 @@ def test_broken_safetensors_and_missing_shards_are_explained(tmp_path: Path) -> 
     assert "resumes" in (e.value.hint or "")
 
 
+TINY_CONFIG = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+               "intermediate_size": 128, "vocab_size": 10}
+
+
+@pytest.mark.parametrize(("config", "tensors", "message", "hint"), [
+    pytest.param("[]", None, "config.json is not a JSON object", "decoder-only transformers model",
+                 id="config-not-object"),
+    pytest.param("{not json", None, "config.json: not valid JSON", "provision model download", id="config-not-json"),
+    pytest.param({**TINY_CONFIG, "head_dim": "abc"}, None, "config.json has no usable `head_dim` (found 'abc')",
+                 "decoder-only transformers model", id="head-dim-text"),
+    pytest.param({**TINY_CONFIG, "num_key_value_heads": -2}, None,
+                 "config.json has no usable `num_key_value_heads` (found -2)", "decoder-only", id="kv-heads-negative"),
+    pytest.param({**TINY_CONFIG, "max_position_embeddings": "long"}, None,
+                 "config.json has no usable `max_position_embeddings`", "decoder-only", id="max-position-text"),
+    pytest.param({**TINY_CONFIG, "num_hidden_layers": True}, None, "config.json has no usable `num_hidden_layers`",
+                 "decoder-only", id="layers-bool"),
+    pytest.param(TINY_CONFIG, {"a": [1, 2]}, "not a readable safetensors file (tensor 'a' has no valid shape)",
+                 "provision model download", id="tensor-entry-not-object"),
+    pytest.param(TINY_CONFIG, {"a": {"dtype": "BF16", "shape": ["x"]}}, "tensor 'a' has no valid shape",
+                 "provision model download", id="shape-not-numbers"),
+])
+def test_malformed_model_files_are_explained(tmp_path: Path, config: Any, tensors: Any, message: str,
+                                             hint: str) -> None:
+    """A damaged or foreign config.json / safetensors header: one error with a hint, no traceback."""
+    (tmp_path / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    if tensors is not None:
+        write_safetensors(tmp_path / "model.safetensors", tensors)
+    with pytest.raises(ProvisionError) as e:
+        modelinfo.spec_from_folder(tmp_path)
+    assert message in e.value.message and hint in (e.value.hint or "")
+    result = CliRunner().invoke(main, ["model", "fit", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "\nhint: " in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="no config.json"):
         modelinfo.spec_from_folder(tmp_path)
@@ -257,11 +293,14 @@ def test_gpu_memory_auto_without_a_gpu_gives_no_verdict(no_driver_environ: dict[
 @pytest.mark.parametrize(("value", "message"), [
     pytest.param("lots", "--gpu-memory must be a number of GiB or 'auto' (got 'lots')", id="word"),
     pytest.param("0", "--gpu-memory must be positive (got 0)", id="zero"),
+    pytest.param("inf", "--gpu-memory must be a finite number of GiB (got inf)", id="infinite"),
+    pytest.param("nan", "--gpu-memory must be a finite number of GiB (got nan)", id="nan"),
 ])
 def test_gpu_memory_errors(value: str, message: str) -> None:
     with pytest.raises(UsageError) as e:
         fit.gpu_memory(value, environ={})
     assert e.value.message == message
+    assert e.value.hint == "e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML"
 
 
 # ---------------------------------------------------------------------------- the CLI
@@ -304,7 +343,7 @@ def test_human_table_and_exit_code_when_nothing_fits() -> None:
     pytest.param(("./no-such-folder",), "error: model folder ./no-such-folder does not exist",
                  "hint: pass an existing folder", id="missing-folder"),
     pytest.param(("qwen3-8b", "--gpu-memory", "lots"), "error: --gpu-memory must be a number of GiB or 'auto' "
-                 "(got 'lots')", None, id="gpu-memory"),
+                 "(got 'lots')", "hint: e.g. --gpu-memory 7.5", id="gpu-memory"),
     pytest.param(("qwen3-8b", "--context", "50000"), "error: --context 50000 is longer than Qwen/Qwen3-8B's "
                  "40960 positions", "hint: use --context 40960 or less", id="context"),
 ])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from provisioner import state
+from tests.fixtures_env import BuiltEnv
 from tests.fixtures_nvml import FakeMachine, MachineFactory
 from tests.helpers_cuda import link_cuda, make_toolkit
 
@@ -69,3 +70,28 @@ def test_json_report_is_one_redacted_document(tmp_path: Path, fake_machine: Mach
     assert doc["environment_variables"]["HF_TOKEN"] == "***"
     assert {c["id"] for c in doc["checks"]} >= {"driver", "cuda.link", "env.torch"}
     assert TOKEN not in done.stdout and "hunter2secret" not in done.stdout
+
+
+def test_unwritable_output_is_an_error_not_a_traceback(tmp_path: Path, fake_machine: MachineFactory,
+                                                       bare_env_python: Path) -> None:
+    root, environ = _world(tmp_path, fake_machine)
+    out = tmp_path / "no-such-dir" / "report.md"
+    done = _report(root, environ, bare_env_python.parent.parent, "--output", str(out))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-2:] == [
+        f"error: cannot write the report to {out}: No such file or directory",
+        "hint: pass --output a file in an existing, writable directory (or leave it out to print the report)"]
+    assert "Traceback" not in done.stderr and not out.parent.exists()
+
+
+def test_report_of_a_provision_built_env_has_packages_lock_and_profile(cpu_env: BuiltEnv) -> None:
+    """The env `provision env create` built (uv: no pip inside): its packages, its lock, its profile."""
+    done = cpu_env.run("report", "--env", str(cpu_env.prefix), "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    env = json.loads(done.stdout)["environment"]
+    assert env["prefix"] == str(cpu_env.prefix)
+    assert env["packages"].get("torch", "").startswith("2.13.0"), env["packages"]
+    assert {"transformers", "accelerate", "bitsandbytes"} <= set(env["packages"])
+    assert env["provision.lock.json"]["profile"]["name"] == "cpu"
+    assert env["provision-env.json"]["profile"] == "cpu"
+    assert json.loads(done.stdout)["profile"]["name"] == "cpu"

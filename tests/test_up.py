@@ -167,3 +167,71 @@ def test_up_asks_before_downloading_torch_and_refuses_without_a_terminal(tmp_pat
     assert "hint: re-run with --yes" in done.stderr
     assert not prefix.exists()
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------- audit additions
+
+def test_unknown_profile_is_refused_before_the_plan(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    prefix = tmp_path / "envs" / "llm"
+    done = run_provision(["--root", str(root), "up", "--model", str(TINY), "--profile", "cu1266",
+                          "--prefix", str(prefix), "--dry-run"], isolated_environ(home))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: no profile named 'cu1266' (did you mean 'cu126'?)",
+        "hint: known profiles: cpu, cu118, cu121, cu124, cu126, cu126-torch27, cu128, cu129, cu130, cu132; "
+        "or use --profile auto"]
+    assert done.stdout == "" and not prefix.exists()
+
+
+def test_a_damaged_record_only_costs_a_rerun(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    record = home / ".local" / "state" / "provision" / "up.json"
+    record.parent.mkdir(parents=True)
+    for text in ("[1, 2]", '{"stages": ["env"]}', '{"stages": {"env": "done"}}', "{not json"):
+        record.write_text(text)
+        done = run_provision(_up_args(root, tmp_path / "envs" / "llm", "--dry-run"), isolated_environ(home))
+        assert done.returncode == 0, done.stderr
+        assert "to do  env" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_json_failure_is_still_one_document(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "root"
+    home.mkdir(exist_ok=True)
+    root.mkdir()
+    done = run_provision(["--root", str(root), "up", "--model", str(TINY), "--cuda", "12.99",
+                          "--prefix", str(tmp_path / "envs" / "llm"), "--yes", "--json"], isolated_environ(home))
+    assert done.returncode == 2, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["version"], doc["ok"], doc["did_work"]) == (1, False, False)
+    assert [(s["name"], s["status"]) for s in doc["stages"]] == [("diagnose", "done"), ("profile", "failed")]
+    assert doc["error"]["message"] == "no profile for CUDA 12.99" and doc["error"]["hint"]
+    assert "error: no profile for CUDA 12.99" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_toolkit_refusal_is_a_warning_with_the_fix(tmp_path: Path, fake_machine: MachineFactory) -> None:
+    """/usr/local/cuda is a real directory: `cuda switch` refuses, so `up` says why and how, changes
+    nothing, and goes on (the torch wheel brings its own CUDA runtime)."""
+    from provisioner import up
+    from tests.helpers_cuda import tree_digest
+
+    root = tmp_path / "root"
+    make_toolkit(root, "12.6")
+    make_toolkit(root, "12.8", name="cuda")
+    before = tree_digest(root)
+    asked: list[str] = []
+    u = up.Up(up.UpOptions(model="x", profile="cu126"), root=root,
+              environ=fake_machine(FakeMachine(driver="575.57.08", cuda=12090)), say=lambda _m: None,
+              confirm=lambda q: asked.append(q) or True)
+    u.stage_diagnose()
+    u.stage_profile()
+    r = u.stage_toolkit()
+    assert r.status == "warn", r
+    assert r.message.startswith("not switched to CUDA 12.6: /usr/local/cuda is a real directory holding CUDA 12.8")
+    assert "sudo mv /usr/local/cuda /usr/local/cuda-12.8" in str(r.data["fix"])
+    assert asked == []          # nothing to confirm: the switch was refused before asking
+    assert tree_digest(root) == before

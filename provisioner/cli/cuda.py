@@ -108,18 +108,27 @@ def cuda_rollback(app: App, dry_run: bool) -> None:
 @click.option("--apply", "apply_", is_flag=True,
               help="Rewrite the shell's rc file (idempotent; keeps a backup).")
 @dry_run_option
+@json_option
 @pass_app
 def cuda_shell_init(app: App, shell: str | None, apply_: bool, dry_run: bool) -> None:
     """Print the lines that use /usr/local/cuda on PATH and LD_LIBRARY_PATH (or --apply them)."""
     shell = shell or cuda.default_shell(app.environ)
     if not apply_:
-        app.echo(cuda.shell_init(shell), nl=False)
+        block = cuda.shell_init(shell)
+        if app.json:
+            app.emit_json({"version": 1, "shell": shell, "rc_file": str(cuda.rc_file(shell, app.environ)),
+                           "text": block})
+        app.echo(block, nl=False)
         return
     plan = cuda.plan_shell_init(shell, app.environ)
     app.echo(plan.describe())
+    backup = None if dry_run else cuda.apply_shell_init(plan)
+    if app.json:
+        app.emit_json({"version": 1, "dry_run": dry_run, "shell": shell, "rc_file": str(plan.path),
+                       "changed": plan.changed, "rewritten": list(plan.rewritten),
+                       "backup": str(backup) if backup else None})
     if dry_run or not plan.changed:
         return
-    backup = cuda.apply_shell_init(plan)
     app.info(f"wrote {plan.path}" + (f" (backup: {backup})" if backup else "")
              + "; open a new shell to use it")
 

@@ -148,23 +148,34 @@ def env_remove(app: App, target: str, dry_run: bool) -> None:
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="The environment at PATH.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the lock to FILE instead of stdout.")
+@json_option
 @pass_app
 def env_export(app: App, target: str | None, prefix: Path | None, output: Path | None) -> None:
-    """Print (or write) an environment's lock: profile, machine facts, exact versions, indexes."""
+    """Print (or write) an environment's lock: profile, machine facts, exact versions, indexes.
+
+    The lock is JSON already; with --json and --output, stdout gets {"version", "output", "lock"}.
+    """
     import json
 
     from provisioner import env as envmod
     from provisioner import lock as lockmod
-    from provisioner.errors import UsageError
+    from provisioner.errors import ProvisionError, UsageError
 
     if target and prefix:
-        raise UsageError("give the environment once: NAME|PATH or --prefix")
+        raise UsageError("give the environment once: NAME|PATH or --prefix",
+                         hint="e.g. `provision env export llm` or `provision env export --prefix PATH`")
     path, doc = envmod.export_lock(str(prefix.absolute()) if prefix else target, app.environ)
     if output is None:
         click.echo(json.dumps(doc, indent=2))
         return
-    lockmod.write_json(output, doc)
+    try:
+        lockmod.write_json(output, doc)
+    except OSError as e:
+        raise ProvisionError(f"cannot write {output}: {e.strerror or e}",
+                             hint="choose a writable path for --output") from None
     app.info(f"wrote {output} (from {path})")
+    if app.json:
+        app.emit_json({"version": 1, "output": str(output), "lock": str(path)})
 
 
 COMMANDS: list[click.Command] = [env_group]

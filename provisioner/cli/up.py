@@ -58,6 +58,17 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         raise UsageError("--name and --prefix are exclusive", hint="give one of them")
     if endpoint and mirror:
         raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
+    if profile not in ("", "auto"):
+        # Fail before the plan (and in --dry-run too): the profile stage would refuse it anyway.
+        import difflib
+
+        from provisioner import profiles
+
+        known = profiles.load_all(app.environ)
+        if profile not in known:
+            close = difflib.get_close_matches(profile, list(known), n=1, cutoff=0.5)
+            raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                             hint=f"known profiles: {', '.join(known)}; or use --profile auto")
     if model is None:
         from provisioner import smoke
 
@@ -87,7 +98,12 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         return
     try:
         result = runner.run()
-    except up.StageFailed:
+    except ProvisionError as e:
+        if app.json:
+            # Still one document on stdout: the stages so far, the failed one last.
+            app.emit_json({"version": 1, "ok": False, "did_work": runner.did_work,
+                           "stages": [s.to_dict() for s in runner.outcomes], "summary": None,
+                           "chat_command": None, "error": {"message": e.message, "hint": e.hint}})
         raise
     if app.json:
         app.emit_json(result.to_document())
@@ -133,7 +149,12 @@ def report_command(app: App, output: Path | None, env_target: str | None, profil
     if output is None:
         click.echo(text)
         return
-    output.write_text(text + "\n")
+    try:
+        output.write_text(text + "\n")
+    except OSError as e:
+        raise ProvisionError(f"cannot write the report to {output}: {e.strerror}",
+                             hint="pass --output a file in an existing, writable directory "
+                                  "(or leave it out to print the report)") from None
     app.info(f"wrote {output} ({len(text)} characters); secrets redacted. Attach it to your issue.")
 
 

@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
                              trust_remote_code=args.trust_remote_code, notes=notes)
     except _loader.ModelNotFound as e:
         _loader.eprint(f"error: {e}")
+        _loader.eprint("hint: pass a folder holding config.json and the weights, or a hub id "
+                       "(provision model download ID --local-dir DIR)")
         return 1
     except ModuleNotFoundError as e:
         _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
@@ -184,6 +186,17 @@ def run(args: argparse.Namespace) -> int:
         return interactive(chat) if tty else one_shot(chat, prompt)
     except _loader.NoChatTemplate as e:
         _loader.eprint(f"error: {e}")
+        _loader.eprint("hint: use the chat variant of the model (...-Instruct, ...-Chat)")
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line for the user, as for a failed load
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _loader.eprint(f"error: generating a reply failed: {type(e).__name__}: {first}")
+        if _loader.is_oom(e):
+            _loader.eprint(f"hint: out of memory: see what fits with `provision model fit {args.model}`, "
+                           f"or pass a smaller --max-new-tokens or --quant nf4")
+        else:
+            _loader.eprint(f"hint: `provision verify --smoke-chat --model {args.model} --env {sys.prefix}` "
+                           f"says why")
         return 1
 
 
