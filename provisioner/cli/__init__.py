@@ -31,6 +31,8 @@ class ProvisionGroup(click.Group):
             if os.environ.get("PROVISION_DEBUG") == "1":
                 raise
             click.echo("error: interrupted", err=True)
+            click.echo("hint: run the same command again: `up` and `model download` resume where they "
+                       "stopped; a half-built environment is rebuilt by `env create --force`", err=True)
             ctx.exit(130)
 
 
