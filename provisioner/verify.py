@@ -800,6 +800,31 @@ def choose_profiles(facts: Facts, environ: Mapping[str, str],
     return rng, fix, problems
 
 
+def _is_tool_interpreter(facts: Facts) -> bool:
+    """No --env, no activated env, and the interpreter is provision's own, holding no torch (by
+    design: the chat stack lives in the environment provision builds, not in the tool's venv)."""
+    target, probe = facts.target, facts.probe
+    return (target is not None and target.kind == "current" and probe is not None
+            and (probe.get("packages") or {}).get("torch") is None)
+
+
+def _tool_interpreter_checks(facts: Facts, *, root: Path, environ: Mapping[str, str]) -> list[Check]:
+    from provisioner import env as envmod
+
+    assert facts.target is not None
+    built = [e for e in envmod.list_envs(environ) if e.status == "complete"]
+    if built:
+        fix = _provision(root, f"verify --env {built[-1].prefix}")
+        known = ", ".join(str(e.prefix) for e in built)
+        msg = (f"no environment given; provision's own interpreter ({facts.target.prefix}) holds no torch "
+               f"by design. Environments provision built: {known}")
+    else:
+        fix = _provision(root, "env create") + "  (or the whole walkthrough: provision up)"
+        msg = (f"no environment given; provision's own interpreter ({facts.target.prefix}) holds no torch "
+               "by design, and provision has built no environment yet")
+    return [Check("env", Status.SKIP, msg, fix, {"interpreter": str(facts.target.python)})]
+
+
 def recorded_profile(prefix: Path) -> str | None:
     """The profile named in the env's provision record (provision-env.json), if provision built it."""
     from provisioner import env as envmod
@@ -833,6 +858,8 @@ def evaluate(facts: Facts, *, root: Path, environ: Mapping[str, str],
         err = facts.target_error
         msg = err.message if err else "no environment"
         checks.append(Check("env.python", Status.FAIL, msg, err.hint if err else None, {}))
+    elif _is_tool_interpreter(facts):
+        checks += _tool_interpreter_checks(facts, root=root, environ=environ)
     else:
         ctx = EnvContext(target=facts.target, profile=rng, profile_requested=bool(profile_name),
                          fix_profile=fixp, root=root, os_id=facts.os_id)

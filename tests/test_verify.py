@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from provisioner import envtarget, gpu, known_messages, profiles, verify
 from provisioner.cli import main
 from provisioner.report import Check, Status
+from tests.fixtures_env import BuiltEnv, run_provision
 from tests.fixtures_nvml import (GIB, GTX_1080_TI, H100, RTX_5090, FakeGpu, FakeMachine, FakeProcess,
                                  MachineFactory)
 
@@ -552,3 +553,27 @@ def test_smoke_chat_wiring(root: Path, no_driver_environ: dict[str, str], bare_e
                                    quant="nf4", prompt=None, max_new_tokens=8, trust_remote_code=False)
     assert (check.id, check.status) == ("smoke.load", Status.FAIL)
     assert check.message == f"model folder {tmp_path / 'no-model'} does not exist"
+
+
+def test_without_env_the_tools_own_interpreter_is_not_judged_as_a_chat_env(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # provision's own venv holds no torch by design: no --env means "nothing to check" and the way
+    # to get an environment, not five failures about a venv that was never meant to hold torch.
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    done = subprocess.run([sys.executable, "-m", "provisioner", "--root", str(tmp_path), "verify", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    checks = {c["id"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["env"]["status"] == "skip"
+    assert "holds no torch by design" in checks["env"]["message"]
+    assert checks["env"]["fix"].startswith("provision --root")
+    assert "env create" in checks["env"]["fix"]
+    assert not any(k.startswith("env.torch") for k in checks)
+
+
+@pytest.mark.slow
+def test_without_env_it_points_at_the_environments_provision_built(cpu_env: BuiltEnv) -> None:
+    environ = {k: v for k, v in cpu_env.environ.items() if k != "VIRTUAL_ENV"}
+    done = run_provision(["--root", str(cpu_env.root), "verify", "--json"], environ)
+    env_check = next(c for c in json.loads(done.stdout)["checks"] if c["id"] == "env")
+    assert str(cpu_env.prefix) in env_check["message"]
+    assert env_check["fix"].endswith(f"verify --env {cpu_env.prefix}")
