@@ -65,3 +65,33 @@ def test_root_option_reads_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
         assert seen["root"] == tmp_path
     finally:
         main.commands.pop("where")
+
+
+def test_lazy_command_table_matches_the_commands() -> None:
+    """`--help` lists commands from a static table; each entry must name the module that defines
+    the command and repeat that command's own one-line help."""
+    import importlib
+
+    from provisioner.cli import LAZY_COMMANDS
+
+    for name, (module_name, short_help) in LAZY_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        defined = {c.name: c for c in module.COMMANDS}
+        assert name in defined, f"{module_name} does not define {name}"
+        assert defined[name].get_short_help_str(limit=300) == short_help, name
+    all_defined = {c.name for m in {m for m, _ in LAZY_COMMANDS.values()}
+                   for c in importlib.import_module(m).COMMANDS}
+    assert all_defined == set(LAZY_COMMANDS)
+
+
+def test_help_lists_every_command_without_loading_them() -> None:
+    code = (
+        "import sys\n"
+        "from provisioner.cli import main\n"
+        "try:\n    main(['--help'], prog_name='provision')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('provisioner.cli.') and m != 'provisioner.cli.app'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    for name in ("chat", "cuda", "doctor", "env", "model", "profile", "report", "up", "verify"):
+        assert f"\n  {name} " in out

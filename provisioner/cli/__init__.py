@@ -1,6 +1,7 @@
 """The `provision` command line: Click only; each command parses, calls one function, renders."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -13,8 +14,60 @@ from provisioner.cli.app import App
 from provisioner.errors import ProvisionError
 
 
+#: Command name -> (module defining it, one-line help). `provision --help` lists these without
+#: importing a single command module (pip imports a command's module only when it runs); a
+#: command's module is imported when that command is used. tests/test_cli.py keeps the help
+#: text equal to each command's own.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("provisioner.cli.chat",
+             "Chat with MODEL (default: a current Qwen chat model) loaded as the smoke chat loads it."),
+    "cuda": ("provisioner.cli.cuda",
+             "List, switch, roll back and install CUDA toolkits (/usr/local/cuda-X.Y)."),
+    "doctor": ("provisioner.cli.verify", "Alias of `provision verify`."),
+    "env": ("provisioner.cli.env",
+            "Build, list, export and remove the torch + bitsandbytes environments provision creates."),
+    "model": ("provisioner.cli.model",
+              "Check that a model fits the GPU, and download it (mirror-safe, resumable)."),
+    "profile": ("provisioner.cli.profile",
+                "List, show and validate profiles (torch wheel + stack for one CUDA line)."),
+    "report": ("provisioner.cli.up",
+               "Write one Markdown (or --json) file for a bug report; secrets are redacted."),
+    "up": ("provisioner.cli.up",
+           "Run the whole walkthrough: diagnose, profile, toolkit, environment, fit, download, smoke chat."),
+    "verify": ("provisioner.cli.verify",
+               "Check driver, GPUs, CUDA toolkit, the environment's torch wheel and bitsandbytes."),
+}
+
+
 class ProvisionGroup(click.Group):
-    """Turns ProvisionError into `error:`/`hint:` lines and its exit code (PROVISION_DEBUG=1 re-raises)."""
+    """Loads command modules on first use, and turns ProvisionError into `error:`/`hint:` lines and
+    its exit code (PROVISION_DEBUG=1 re-raises)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module = importlib.import_module(LAZY_COMMANDS[cmd_name][0])
+            for defined in module.COMMANDS:
+                self.add_command(defined)
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            loaded = self.commands.get(name)
+            if loaded is not None:
+                if loaded.hidden:
+                    continue
+                rows.append((name, loaded.get_short_help_str(limit=formatter.width)))
+            else:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -63,18 +116,6 @@ def main(ctx: click.Context, root: Path, verbose: int, json_out: bool) -> None:
     app.verbose = verbose
     app.json = app.json or json_out
     app.install_trace()
-
-
-def _register() -> None:
-    # Command modules import only click and provisioner's light modules at import time.
-    from provisioner.cli import chat, cuda, env, model, profile, up, verify
-
-    for module in (profile, cuda, verify, env, model, chat, up):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
 
 
 def run() -> None:  # console_scripts entry point
