@@ -125,6 +125,22 @@ class Records:
         state.write(self.environ, STATE_FILE, {"version": 1, "stages": self.stages})
 
 
+def last_setup(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the last successful `up` set up: {"env": prefix, "model": ..., "quant": ...} (keys absent
+    when unknown), so `provision chat` with no arguments talks to it."""
+    stages = Records(environ).stages
+    out: dict[str, str] = {}
+    env = (stages.get("env") or {}).get("result") or {}
+    smoke = (stages.get("smoke") or {}).get("result") or {}
+    if stages.get("env", {}).get("status") == "done" and env.get("prefix"):
+        out["env"] = str(env["prefix"])
+    if stages.get("smoke", {}).get("status") == "done":
+        for key in ("model", "quant"):
+            if smoke.get(key):
+                out[key] = str(smoke[key])
+    return out
+
+
 def _gib(n: float | int | None) -> str:
     return "?" if n is None else f"{n / 1024**3:.2f} GiB"
 

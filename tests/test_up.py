@@ -80,6 +80,23 @@ def test_up_interrupted_then_resumed_then_a_noop(tmp_path: Path) -> None:
     assert doc["summary"]["reply"] == TINY_REPLY
     assert seconds < 10, seconds
 
+    # 4. `provision chat` with no arguments talks to what `up` set up (its env, model, precision).
+    chat = subprocess.run([sys.executable, "-m", "provisioner", "--root", str(root), "chat", "--greedy"],
+                          input="Hello! How are you?\n", env=environ, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert TINY_REPLY in chat.stdout
+    assert f"using the environment `provision up` built: {prefix}" in chat.stderr
+
+
+def test_chat_without_any_environment_says_how_to_get_one(tmp_path: Path) -> None:
+    environ = isolated_environ(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-m", "provisioner", "chat", str(TINY)], input="hi\n",
+                          env=environ, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no environment to chat in" in done.stderr and "hint: pass --env" in done.stderr
+    assert "Traceback" not in done.stderr
+
 
 def test_dry_run_shows_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     home, root = tmp_path / "home", tmp_path / "root"

@@ -44,12 +44,13 @@ def _exec(args: list[str], environ: Mapping[str, str]) -> None:
 
 
 @click.command("chat")
-@click.argument("model", required=False, default=smoke.DEFAULT_MODEL)
+@click.argument("model", required=False, default=None)
 @click.option("--env", "env", metavar="NAME|PATH",
               help="Environment to run in: a conda env name or a venv/conda prefix "
                    "(default: the active one).")
-@click.option("--quant", type=click.Choice(smoke.QUANTS), default="nf4", show_default=True,
-              help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU).")
+@click.option("--quant", type=click.Choice(smoke.QUANTS), default=None,
+              help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU); "
+                   "default: what `provision up` chose, else nf4.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Longest reply, in tokens.")
 @click.option("--system", metavar="TEXT", help="System message that starts the conversation.")
@@ -59,15 +60,22 @@ def _exec(args: list[str], environ: Mapping[str, str]) -> None:
               help="Greedy decoding (default: temperature 0.6, top_p 0.9 as the walkthrough).")
 @click.option("--stats", is_flag=True, help="Print time to first token and tokens/s after each reply.")
 @pass_app
-def chat(app: App, model: str, env: str | None, quant: str, max_new_tokens: int, system: str | None,
+def chat(app: App, model: str | None, env: str | None, quant: str | None, max_new_tokens: int,
+         system: str | None,
          trust_remote_code: bool, greedy: bool, stats: bool) -> None:
     """Chat with MODEL (default: a current Qwen chat model) loaded as the smoke chat loads it.
 
     MODEL is a local folder or a hub id. /reset clears the history, /exit quits, Ctrl-C stops a reply.
-    With stdin not a terminal, reads one prompt from it and prints the reply.
+    With stdin not a terminal, reads one prompt from it and prints the reply. With no MODEL, --env
+    or --quant, the ones the last `provision up` set up are used.
     """
-    from provisioner import envtarget
+    from provisioner import envtarget, up
 
+    last = up.last_setup(app.environ)
+    model = model or last.get("model") or smoke.DEFAULT_MODEL
+    quant = quant or last.get("quant") or "nf4"
+    if env is None:
+        env = _default_env(app, last)
     problem = smoke.local_model_problem(model)
     if problem is not None:
         raise UsageError(problem, hint="pass a folder holding config.json and the weights, or a hub "
@@ -78,6 +86,28 @@ def chat(app: App, model: str, env: str | None, quant: str, max_new_tokens: int,
                         stats=stats)
     app.debug("+ " + shlex.join(args))
     _exec(args, app.environ)
+
+
+def _default_env(app: App, last: dict[str, str]) -> str | None:
+    """No --env: the active environment when it has torch; provision's own torch-less interpreter
+    is never the one meant, so then the environment `up` built, or an error saying how to get one."""
+    import importlib.metadata
+
+    from provisioner import envtarget
+
+    target = envtarget.resolve(None, app.environ)
+    if target.kind != "current":
+        return None
+    try:
+        importlib.metadata.version("torch")
+        return None
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if last.get("env") and Path(last["env"]).is_dir():
+        app.info(f"using the environment `provision up` built: {last['env']}")
+        return last["env"]
+    raise UsageError("no environment to chat in: provision's own interpreter holds no torch by design",
+                     hint="pass --env NAME|PATH, or build one: provision up (or provision env create)")
 
 
 COMMANDS: list[click.Command] = [chat]
