@@ -62,7 +62,7 @@ def test_up_interrupted_then_resumed_then_a_noop(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert f"reply        {TINY_REPLY!r}" in done.stdout
     for line in ("GPU          none (CPU)", "profile      cpu", f"environment  {prefix}",
-                 "precision    nf4", "peak memory", "first token", "speed"):
+                 "precision    nf4", "peak RSS (runtime included); GPU estimate", "first token", "speed"):
         assert line in done.stdout, line
     assert f"provision chat --env {prefix} --quant nf4 {TINY}" in done.stdout
     assert envmod.env_status(prefix, environ) == "complete"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -115,7 +116,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
                                           + (f" (CUDA {s['driver_cuda']})" if s["driver_cuda"] else "")),
             ("toolkit", s["toolkit"]), ("profile", s["profile"]), ("environment", s["environment"]),
             ("model", s["model"]), ("precision", f"{s['precision']} (context {s['context']})"),
-            ("peak memory", f"{_gib(s['measured_peak_bytes'])} measured, {_gib(s['estimated_peak_bytes'])} estimated"),
+            ("peak memory", _peak_text(s)),
             ("first token", f"{s['time_to_first_token_s']:.2f} s" if s["time_to_first_token_s"] is not None else "?"),
             ("speed", f"{s['tokens_per_s']:.1f} tokens/s" if s["tokens_per_s"] is not None else "?"),
             ("reply", repr(s["reply"]))]
@@ -124,6 +125,15 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         app.echo(f"  {key:<12} {value}")
     if result.chat_command:
         app.echo(f"\nStart chatting:\n  {result.chat_command}")
+
+
+def _peak_text(s: dict[str, Any]) -> str:
+    measured, estimated = s["measured_peak_bytes"], s["estimated_peak_bytes"]
+    if s["gpu"] == "none (CPU)":
+        # On the CPU the measurement is the process's peak RSS (Python and torch included), and the
+        # estimate is for a GPU (CUDA context included): show both, but do not pretend they compare.
+        return f"{_gib(measured)} peak RSS (runtime included); GPU estimate {_gib(estimated)}"
+    return f"{_gib(measured)} measured, {_gib(estimated)} estimated"
 
 
 def _gib(n: float | int | None) -> str:
