@@ -22,7 +22,9 @@ ENV_VARS = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_D
 def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
             profile_name: str | None) -> dict[str, Any]:
     """Gather the facts; each section records its own error instead of stopping the report."""
-    from provisioner import cuda, envtarget, gpu, verify
+    from provisioner import cuda, smoke, up, verify
+    from provisioner import env as envmod
+    from provisioner import lock as lockmod
 
     doc: dict[str, Any] = {
         "version": 1,
@@ -38,13 +40,17 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
         except (ProvisionError, OSError, ValueError) as e:
             doc[name] = {"error": getattr(e, "message", str(e))}
 
-    section("checks", lambda: [c.to_dict() for c in verify.run_checks(
-        root=root, environ=environ, env_target=env_target, profile_name=profile_name)])
-    section("driver", lambda: gpu.probe(environ).to_dict())
+    # One gather (NVML child, link, env probe) feeds the verdicts and the raw sections below.
+    facts = verify.gather(root=root, environ=environ, env_target=env_target)
+    section("checks", lambda: [c.to_dict() for c in verify.evaluate(
+        facts, root=root, environ=environ, profile_name=profile_name)])
+    doc["driver"] = facts.info.to_dict()
 
     def toolkits() -> dict[str, Any]:
-        link = cuda.read_link(root, environ)
-        out: dict[str, Any] = {"link": link.to_dict() if hasattr(link, "to_dict") else str(link),
+        link = facts.link
+        if link is None:
+            raise ProvisionError(facts.link_error or "the /usr/local/cuda link could not be read")
+        out: dict[str, Any] = {"link": link.to_dict(),
                                "toolkits": [t.to_dict() for t in cuda.toolkits(root, environ)]}
         # The link's own toolkit (re-anchored under root), never the path text: an absolute link
         # target under --root would otherwise run this machine's nvcc.
@@ -63,19 +69,19 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
     section("cuda", toolkits)
 
     def environment() -> dict[str, Any]:
-        target = envtarget.resolve(env_target, environ)
+        target = facts.target
+        if target is None:
+            raise facts.target_error or ProvisionError("no environment")
         out: dict[str, Any] = {"prefix": str(target.prefix), "kind": target.kind,
                                "python": str(target.python)}
         try:
             # From distribution metadata, as the lock reads it: envs built with uv have no pip.
-            from provisioner import lock
-
-            found = lock.installed(target.python, environ, timeout=120)
+            found = lockmod.installed(target.python, environ, timeout=120)
             out["python_version"] = found.python
             out["packages"] = dict(found.packages)
         except ProvisionError as e:
             out["packages"] = {"error": e.message}
-        for name in ("provision.lock.json", "provision-env.json"):
+        for name in (lockmod.LOCK_NAME, envmod.RECORD_NAME):
             f = target.prefix / name
             if f.is_file():
                 try:
@@ -90,14 +96,14 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
         from provisioner import profiles
 
         name = profile_name
-        lock = (doc.get("environment") or {}).get("provision-env.json") or {}
-        name = name or lock.get("profile")
+        record = (doc.get("environment") or {}).get(envmod.RECORD_NAME) or {}
+        name = name or record.get("profile")
         return profiles.get(name, environ).to_dict() if name else None
 
     section("profile", profile)
-    doc["last_smoke"] = state.read(environ, "last-smoke.json")
-    doc["last_up"] = state.read(environ, "up.json")
-    doc["last_failure"] = state.read(environ, "last-failure.json")
+    doc["last_smoke"] = state.read(environ, smoke.LAST_RESULT)
+    doc["last_up"] = state.read(environ, up.STATE_FILE)
+    doc["last_failure"] = state.read(environ, state.LAST_FAILURE)
     redacted: dict[str, Any] = redact.redact(doc, environ)
     return redacted
 

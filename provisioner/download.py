@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from provisioner import proc
 from provisioner.errors import Interrupted, ProvisionError, UsageError
+from provisioner.units import human_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Known public mirrors of the hub API and file paths (`--mirror NAME`).
@@ -274,14 +275,14 @@ class DownloadPlan:
         lines = [f"Download {self.repo_id} @ {self.revision} (commit {self.commit[:12]}) from {self.endpoint.url}"
                  f" ({self.endpoint.source}, HTTP, xet off)",
                  f"  into {where}",
-                 f"  {len(self.files)} file(s), {human(self.need_bytes)} to fetch"
-                 + (f" ({human(self.resumed_bytes)} already on disk, resumed)" if self.resumed_bytes else "")
-                 + f"; {human(self.free_bytes)} free there"]
+                 f"  {len(self.files)} file(s), {human_bytes(self.need_bytes)} to fetch"
+                 + (f" ({human_bytes(self.resumed_bytes)} already on disk, resumed)" if self.resumed_bytes else "")
+                 + f"; {human_bytes(self.free_bytes)} free there"]
         if self.present:
             lines.append(f"  {len(self.present)} file(s) already complete: " + ", ".join(f.path for f in self.present))
         for f in self.files:
             host = f" via {f.data_host}" if f.data_host and f.data_host != self.endpoint.host else ""
-            lines.append(f"  + {f.path}  {human(f.size)}{host}")
+            lines.append(f"  + {f.path}  {human_bytes(f.size)}{host}")
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} file(s) a transformers load does not need "
                          "(--include-all fetches them): " + ", ".join(f.path for f in self.skipped))
@@ -366,8 +367,8 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
     free = disk_free(target)
     if need > free:
         raise ProvisionError(
-            f"not enough disk space for {model}: {human(need)} to download into {target}, {human(free)} free",
-            hint=f"free {human(need - free)} there, or download elsewhere: --local-dir DIR on a bigger disk "
+            f"not enough disk space for {model}: {human_bytes(need)} to download into {target}, {human_bytes(free)} free",
+            hint=f"free {human_bytes(need - free)} there, or download elsewhere: --local-dir DIR on a bigger disk "
                  "(or set HF_HUB_CACHE)")
     return DownloadPlan(repo_id=model, revision=rev, commit=commit, endpoint=ep, target=target, local_dir=is_local,
                         files=tuple(todo), present=tuple(present), skipped=tuple(skipped), resumed_bytes=resumed,
@@ -471,15 +472,6 @@ def _error(err: Mapping[str, Any], *, endpoint: Endpoint, repo: str, revision: s
     return ProvisionError(f"{endpoint.url} answered HTTP {status} for {repo}: {message}",
                           hint="retry later" + (f"; {mirror_hint}" if endpoint.is_hub else
                                                 f"; or try the hub itself: {DEFAULT_ENDPOINT}"))
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"   # pragma: no cover
 
 
 # --------------------------------------------------------------------------------------------

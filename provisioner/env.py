@@ -595,10 +595,12 @@ def _pick_installer(requested: str, environ: Mapping[str, str]) -> _Installer:
 
 
 def _pip_env_list(environ: Mapping[str, str], var: str) -> tuple[str, ...]:
-    values = tuple(environ.get(var, "").split())
-    if var == "PIP_FIND_LINKS" and not values:
-        values = pip_config_find_links(environ)
-    return values
+    return tuple(environ.get(var, "").split())
+
+
+def pip_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The wheel folders pip would search: PIP_FIND_LINKS, else `find-links` in pip's config files."""
+    return _pip_env_list(environ, "PIP_FIND_LINKS") or pip_config_find_links(environ)
 
 
 def pip_config_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -746,7 +748,7 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
 
     # pip reads PIP_FIND_LINKS / PIP_INDEX_URL / PIP_EXTRA_INDEX_URL itself; uv reads none of them,
     # so for uv they are passed explicitly (and the local-wheel search sees them in both cases).
-    env_links = _pip_env_list(environ, "PIP_FIND_LINKS")
+    env_links = pip_find_links(environ)
     env_index = environ.get("PIP_INDEX_URL") or None
     uv = installer.uv is not None
     all_links = links + tuple(u for u in env_links if u not in links)

@@ -33,14 +33,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import UsageError
 from provisioner.modelinfo import ModelSpec
 from provisioner.report import Check, Status
+from provisioner.units import GiB, gib
+
+if TYPE_CHECKING:
+    from provisioner.gpu import DriverInfo
 
 MiB = 1 << 20
-GiB = 1 << 30
 CUDA_CONTEXT_BYTES = 457 * MiB
 NF4_BLOCK = 64
 DQ_BLOCK = 256
@@ -245,10 +248,6 @@ def _advice(spec: ModelSpec, options: Sequence[FitOption], *, gpu_free_bytes: in
     return text
 
 
-def gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / GiB:.2f} GiB"
-
-
 @dataclass(frozen=True)
 class GpuMemory:
     """Free memory to fit against, where it came from, and whether bf16 is native."""
@@ -258,27 +257,30 @@ class GpuMemory:
     prefer_bf16: bool = False
 
 
-def gpu_memory(setting: str, *, environ: Mapping[str, str]) -> GpuMemory:
+def gpu_memory(setting: str, *, environ: Mapping[str, str], info: DriverInfo | None = None) -> GpuMemory:
     """`--gpu-memory GiB` as given, or `auto`: the largest free memory NVML reports on one GPU.
 
-    Without a GPU there is no verdict (free_bytes None): CPU RAM is not what the bitsandbytes
-    GPU path needs, and pretending otherwise would recommend loads that then run on the CPU.
+    `info`: NVML facts the caller already has (`up` probed them in its first stage); else NVML is
+    asked here. Without a GPU there is no verdict (free_bytes None): CPU RAM is not what the
+    bitsandbytes GPU path needs, and pretending otherwise would recommend loads that then run on
+    the CPU.
     """
     if setting != "auto":
+        example = "e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML"
         try:
             value = float(setting)
         except ValueError:
             raise UsageError(f"--gpu-memory must be a number of GiB or 'auto' (got '{setting}')",
-                             hint="e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML") from None
-        example = "e.g. --gpu-memory 7.5 for 7.5 GiB free, or --gpu-memory auto to ask NVML"
+                             hint=example) from None
         if not math.isfinite(value):
             raise UsageError(f"--gpu-memory must be a finite number of GiB (got {setting})", hint=example)
         if not value > 0:
             raise UsageError(f"--gpu-memory must be positive (got {setting})", hint=example)
         return GpuMemory(int(value * GiB), f"--gpu-memory {setting} GiB")
-    from provisioner import gpu
+    if info is None:
+        from provisioner import gpu
 
-    info = gpu.probe(environ)
+        info = gpu.probe(environ)
     gpus = [g for g in info.gpus if g.memory_free is not None]
     if info.status != "ok" or not gpus:
         why = info.error or ("NVML reported no GPU" if info.status == "ok" else info.status)

@@ -26,10 +26,6 @@ def state_dir(environ: Mapping[str, str]) -> Path:
     return _base(environ, "XDG_STATE_HOME", ".local/state") / APP
 
 
-def cache_dir(environ: Mapping[str, str]) -> Path:
-    return _base(environ, "XDG_CACHE_HOME", ".cache") / APP
-
-
 def under_root(root: Path, system_path: str | Path) -> Path:
     """`/usr/local/cuda` re-anchored at `root` (a `--root` of `/` leaves it unchanged)."""
     return root / str(system_path).lstrip("/")

@@ -121,14 +121,20 @@ class Profile:
         (the caller reports what is missing)."""
         have: dict[str, str] = {canonicalize_name(k): v for k, v in installed.items()}
         problems: list[str] = []
-        for name, want in self._pins():
-            text = have.get(name)
+
+        def installed_version(name: str) -> Version | None:
+            text = have.get(canonicalize_name(name))
             if text is None:
-                continue
+                return None
             try:
-                got = Version(text)
+                return Version(text)
             except InvalidVersion:
                 problems.append(f"{name} {text}: not a valid version")
+                return None
+
+        for name, want in self._pins():
+            got = installed_version(name)
+            if got is None:
                 continue
             if Version(got.public) != want:
                 problems.append(f"{name} {got} is installed; profile {self.name} pins {want}")
@@ -136,13 +142,8 @@ class Profile:
                 problems.append(f"torch {got} is the {got.local} build; profile {self.name} wants "
                                 f"the {self.variant} build from {self.torch_index_url}")
         for name, spec in self.packages.items():
-            text = have.get(canonicalize_name(name))
-            if text is None:
-                continue
-            try:
-                got = Version(text)
-            except InvalidVersion:
-                problems.append(f"{name} {text}: not a valid version")
+            got = installed_version(name)
+            if got is None:
                 continue
             if not spec.contains(got, prereleases=True):
                 problems.append(f"{name} {got} is outside profile {self.name}'s range "

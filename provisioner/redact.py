@@ -35,13 +35,6 @@ def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
     return text
 
 
-def redact_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in environ.items():
-        out[k] = MASK if SECRET_NAME.search(k) and v else redact_text(v, environ)
-    return out
-
-
 def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
     """Redact every string inside a JSON-like structure."""
     if isinstance(obj, str):

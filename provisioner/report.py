@@ -54,7 +54,6 @@ def dumps(doc: Any) -> str:
 
 
 MARKS = {Status.OK: "ok", Status.WARN: "warn", Status.FAIL: "FAIL", Status.SKIP: "skip"}
-COLORS = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "red", Status.SKIP: "bright_black"}
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:

@@ -14,6 +14,7 @@ from typing import IO, Any
 from provisioner import proc, state
 from provisioner.errors import CommandError, ProvisionError
 from provisioner.report import Check, Status
+from provisioner.units import human_bytes
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SMOKE_SCRIPT = SCRIPTS / "smoke_chat.py"
@@ -137,21 +138,28 @@ def local_model_problem(model: str) -> str | None:
     return None
 
 
+def script_argv(python: Path, script: Path, model: str, **options: str | int | bool | None) -> list[str]:
+    """argv for one of the model scripts, run by the environment's python: options in the order
+    given, `--name value`; True is a bare flag; None and False are left out."""
+    args = [str(python), str(script), model]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return args
+
+
 def smoke_command(python: Path, model: str, *, quant: str = "nf4", prompt: str = DEFAULT_PROMPT,
                   max_new_tokens: int = 64, trust_remote_code: bool = False, sample: bool = False,
                   system: str | None = None, dtype: str = "auto") -> list[str]:
     """The argv that runs the smoke script in the environment `python` belongs to."""
     if quant not in QUANTS:
         raise ProvisionError(f"unknown quantization '{quant}'", hint=f"use one of {', '.join(QUANTS)}")
-    args = [str(python), str(SMOKE_SCRIPT), model, "--quant", quant, "--prompt", prompt,
-            "--max-new-tokens", str(max_new_tokens), "--dtype", dtype]
-    if system:
-        args += ["--system", system]
-    if sample:
-        args.append("--sample")
-    if trust_remote_code:
-        args.append("--trust-remote-code")
-    return args
+    return script_argv(python, SMOKE_SCRIPT, model, quant=quant, prompt=prompt,
+                       max_new_tokens=max_new_tokens, dtype=dtype, system=system or None, sample=sample,
+                       trust_remote_code=trust_remote_code)
 
 
 def run_smoke(python: Path, model: str = DEFAULT_MODEL, *, quant: str = "nf4",
@@ -297,15 +305,6 @@ def fit_hint_for(model: str, quant: str, environ: Mapping[str, str], *, free_byt
 
 # ------------------------------------------------------------------------------------------
 # verdicts
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _known(text: str) -> tuple[str | None, str | None]:

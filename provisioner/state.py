@@ -12,6 +12,10 @@ from typing import Any
 from provisioner import paths
 
 
+#: The last user-facing error (written by the CLI, read by `provision report`).
+LAST_FAILURE = "last-failure.json"
+
+
 def path(environ: Mapping[str, str], name: str) -> Path:
     return paths.state_dir(environ) / name
 
@@ -42,7 +46,7 @@ def record_failure(environ: Mapping[str, str], argv: Sequence[str], message: str
                    hint: str | None, detail: str = "") -> None:
     """Keep the last user-facing failure for `provision report`; never fails the caller."""
     try:
-        write(environ, "last-failure.json", {
+        write(environ, LAST_FAILURE, {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
             "message": message, "hint": hint, "detail": detail[-8000:],
         })

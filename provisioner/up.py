@@ -12,6 +12,7 @@ from typing import Any
 
 from provisioner import state
 from provisioner.errors import PermissionDenied, ProvisionError
+from provisioner.units import gib
 
 STATE_FILE = "up.json"
 #: Downloads above this many bytes are confirmed first (without --yes).
@@ -37,7 +38,6 @@ class UpOptions:
     quant: str = "auto"                # auto | nf4 | int8 | none
     context: int | None = None         # None: `model fit`'s default (4096, or the model's maximum)
     yes: bool = False
-    dry_run: bool = False
     cuda: str | None = None
     backend: str = "auto"
     python: str | None = None
@@ -69,8 +69,12 @@ class StageOutcome:
 class UpResult:
     stages: list[StageOutcome]
     summary: dict[str, Any]
-    chat_command: str | None
     did_work: bool
+
+    @property
+    def chat_command(self) -> str | None:
+        command: str | None = self.summary.get("chat_command")
+        return command
 
     @property
     def ok(self) -> bool:
@@ -139,10 +143,6 @@ def last_setup(environ: Mapping[str, str]) -> dict[str, str]:
             if smoke.get(key):
                 out[key] = str(smoke[key])
     return out
-
-
-def _gib(n: float | int | None) -> str:
-    return "?" if n is None else f"{n / 1024**3:.2f} GiB"
 
 
 def is_local_model(model: str) -> bool:
@@ -231,7 +231,7 @@ class Up:
             self.outcomes.append(outcome)
             self.say(f"[{outcome.status:>7}] {name}: {outcome.message}")
         summary = self.summary()
-        return UpResult(self.outcomes, summary, summary.get("chat_command"), self.did_work)
+        return UpResult(self.outcomes, summary, self.did_work)
 
     def _fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
         self.records.failed(name, inputs, message)
@@ -244,7 +244,7 @@ class Up:
         self.ctx["facts"] = facts
         info = facts.driver
         if info is not None and info.loaded and info.gpus:
-            gpus = ", ".join(f"{g.name} ({g.sm}, {_gib(g.memory_free)} free)" for g in info.gpus)
+            gpus = ", ".join(f"{g.name} ({g.sm}, {gib(g.memory_free)} free)" for g in info.gpus)
             msg = f"driver {info.driver_version} (CUDA {info.cuda.short if info.cuda else '?'}); {gpus}"
         else:
             reason = info.error if info is not None and info.error else "no NVIDIA driver/GPU found"
@@ -345,7 +345,8 @@ class Up:
         from provisioner import fit, modelinfo
 
         spec = modelinfo.resolve(self.o.model, environ=self.environ)
-        memory = fit.gpu_memory(self.o.gpu_memory or "auto", environ=self.environ)
+        memory = fit.gpu_memory(self.o.gpu_memory or "auto", environ=self.environ,
+                                info=self.ctx["facts"].driver)
         # `up` loads in 16 bit, int8 or nf4 (what the smoke chat and `provision chat` offer).
         quants = ("fp16", "bf16", "int8", "nf4") if self.o.quant == "auto" else (_fit_quant(self.o.quant),)
         report = fit.fit(spec, gpu_free_bytes=memory.free_bytes, context=self.o.context, batch=1,
@@ -359,19 +360,19 @@ class Up:
             option = next(o for o in report.options if o.quant == _fit_quant(quant))
             self.ctx.update(quant=quant, estimate=option.total_bytes, context=context)
             return StageOutcome("fit", "done", f"{spec.name}: {_human_params(spec.params)} params; "
-                                f"{memory.source}; {quant} estimate {_gib(option.total_bytes)} at {context} tokens",
+                                f"{memory.source}; {quant} estimate {gib(option.total_bytes)} at {context} tokens",
                                 {"quant": quant, "estimate_bytes": option.total_bytes, "context": context})
         rec = report.recommended
         if rec is None:
             best = min(report.options, key=lambda o: o.total_bytes)
-            raise self._fail("fit", "", f"{spec.name} does not fit: it needs at least {_gib(best.total_bytes)} "
+            raise self._fail("fit", "", f"{spec.name} does not fit: it needs at least {gib(best.total_bytes)} "
                              f"({best.quant}, {context} tokens) and {memory.source}; nothing was downloaded",
                              report.advice or "free GPU memory or choose a smaller model")
         quant = _up_quant(rec.quant)
         self.ctx.update(quant=quant, estimate=rec.total_bytes, context=context)
         return StageOutcome("fit", "done",
                             f"{spec.name}: {rec.quant} fits ({memory.source}): estimate "
-                            f"{_gib(rec.total_bytes)} at {context} tokens; up to {rec.max_context} tokens",
+                            f"{gib(rec.total_bytes)} at {context} tokens; up to {rec.max_context} tokens",
                             {"quant": quant, "estimate_bytes": rec.total_bytes, "context": context,
                              "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
 
@@ -392,13 +393,13 @@ class Up:
         self.say(plan.describe())
         size = plan.need_bytes
         if size > CONFIRM_DOWNLOAD_BYTES and not self.o.yes:
-            if not self.confirm(f"Download {_gib(size)} of {self.o.model}?"):
+            if not self.confirm(f"Download {gib(size)} of {self.o.model}?"):
                 raise self._fail("download", inputs, "download declined", "re-run with --yes to download")
         path = download.apply(plan).path
         self.did_work = True
         self.ctx["model_path"] = Path(path)
         self.records.done("download", inputs, {"path": str(path), "bytes": size})
-        return StageOutcome("download", "ran", f"{self.o.model} -> {path} ({_gib(size)})", {"path": str(path)})
+        return StageOutcome("download", "ran", f"{self.o.model} -> {path} ({gib(size)})", {"path": str(path)})
 
     def stage_smoke(self) -> StageOutcome:
         from provisioner import smoke

@@ -13,6 +13,7 @@ from provisioner import gpu, known_messages, proc
 from provisioner.envtarget import EnvTarget
 from provisioner.errors import CommandError, ProvisionError
 from provisioner.report import Check, Status
+from provisioner.units import gib
 from provisioner.versions import CudaVersion
 
 if TYPE_CHECKING:
@@ -27,9 +28,6 @@ NVML_TIMEOUT = 30
 MEMORY_WARN_SHARE = 0.25
 #: bitsandbytes' 4-bit (NF4/FP4) kernels need compute capability 6.0+ from 0.48 (installation docs).
 BNB_4BIT_MIN_CC = (6, 0)
-CHAT_PACKAGES = ("transformers", "accelerate", "bitsandbytes")
-
-GIB = 1 << 30
 
 
 # --------------------------------------------------------------------------- facts
@@ -138,10 +136,6 @@ def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) ->
 
 
 # --------------------------------------------------------------------------- small helpers
-
-def _gib(n: int | None) -> str:
-    return "?" if n is None else f"{n / GIB:.1f} GiB"
-
 
 def _rate(bps: float) -> str:
     return f"{bps / 1e12:.2f} TB/s" if bps >= 1e12 else f"{bps / 1e9:.0f} GB/s"
@@ -340,7 +334,7 @@ def check_gpus(info: gpu.DriverInfo) -> list[Check]:
 
 def _holders(g: gpu.GpuInfo, limit: int = 3) -> str:
     procs = sorted(g.processes or (), key=lambda q: -(q.used_bytes or 0))
-    return ", ".join(f"{Path(q.name).name or '?'} (pid {q.pid}, {_gib(q.used_bytes)})"
+    return ", ".join(f"{Path(q.name).name or '?'} (pid {q.pid}, {gib(q.used_bytes, digits=1)})"
                      for q in procs[:limit])
 
 
@@ -353,7 +347,7 @@ def _memory(g: gpu.GpuInfo) -> Check:
     # The driver's own reservation is counted in "used" but nobody can free it.
     taken = g.memory_used - (g.memory_reserved or 0)
     share = taken / g.memory_total if g.memory_total else 0.0
-    msg = (f"{_gib(g.memory_total)} total, {_gib(g.memory_used)} used, {_gib(g.memory_free)} free")
+    msg = (f"{gib(g.memory_total, digits=1)} total, {gib(g.memory_used, digits=1)} used, {gib(g.memory_free, digits=1)} free")
     if share >= MEMORY_WARN_SHARE:
         holders = _holders(g)
         graphics = any(q.kind == "graphics" for q in g.processes or ())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from provisioner import download
+from provisioner import download, units
 from provisioner.cli import main
 from provisioner.download import Endpoint, RepoFile
 from provisioner.errors import ProvisionError, UsageError
@@ -237,7 +237,7 @@ def test_interrupted_download_keeps_its_bytes_and_the_next_run_resumes(
 
     result = cli("model", "download", REPO, "--endpoint", hub.url)
     assert result.exit_code == 0, result.output
-    assert f"({download.human(cut)} already on disk, resumed)" in result.stderr
+    assert f"({units.human_bytes(cut)} already on disk, resumed)" in result.stderr
     assert [rng for name, rng in resolve_gets(hub) if name == "model.safetensors"][-1] == f"bytes={cut}-"
     data = (snapshot(isolated_home, hub_repo) / "model.safetensors").read_bytes()
     assert sha(data) == sha(hub_repo.files["model.safetensors"])
@@ -249,7 +249,7 @@ def test_disk_full_is_refused_before_the_first_byte(online: None, hub: HubServer
     """The free-space figure is injected: a genuinely full filesystem needs root (tmpfs/loop mount)."""
     with pytest.raises(ProvisionError) as e:
         download.plan_download(REPO, endpoint=hub.url, environ=dict(os.environ), disk_free=lambda _p: 5 << 20)
-    need = download.human(sum(len(hub_repo.files[f]) for f in LOAD_SET))
+    need = units.human_bytes(sum(len(hub_repo.files[f]) for f in LOAD_SET))
     assert e.value.message.startswith(f"not enough disk space for {REPO}: {need} to download into ")
     assert "5.0 MiB free" in e.value.message
     assert "--local-dir DIR on a bigger disk" in (e.value.hint or "")
@@ -311,7 +311,7 @@ def test_redirect_to_another_host_is_reported_and_followed(online: None, hub: Hu
     hub.redirect_lfs_to = f"http://localhost:{hub.port}"
     result = cli("model", "download", REPO, "--endpoint", hub.url)
     assert result.exit_code == 0, result.output
-    size = download.human(len(hub_repo.files["model.safetensors"]))
+    size = units.human_bytes(len(hub_repo.files["model.safetensors"]))
     assert f"+ model.safetensors  {size} via localhost" in result.stderr
     assert "warning: model.safetensors is served by localhost, not by 127.0.0.1" in result.stderr
     assert ("model.safetensors", None) not in resolve_gets(hub)      # bytes came from the "CDN" path
@@ -330,7 +330,7 @@ def test_dry_run_and_json(online: None, hub: HubServer, hub_repo: Repo, isolated
     result = cli("model", "download", REPO, "--endpoint", hub.url, "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Download {REPO} @ main (commit {hub_repo.commit[:12]}) from {hub.url}")
-    assert f"+ model.safetensors  {download.human(len(hub_repo.files['model.safetensors']))}" in result.stdout
+    assert f"+ model.safetensors  {units.human_bytes(len(hub_repo.files['model.safetensors']))}" in result.stdout
     assert resolve_gets(hub) == [] and not cache_dir(isolated_home).exists()
     doc = CliRunner().invoke(main, ["--json", "model", "download", REPO, "--endpoint", hub.url, "--dry-run"])
     import json

@@ -321,7 +321,8 @@ def test_pip_config_find_links_reach_uv(tmp_path: Path) -> None:
                "PIP_CONFIG_FILE": str(conf)}
     assert envmod.pip_config_find_links(environ) == (str(tmp_path / "wheels"),)
     # an explicit PIP_FIND_LINKS wins over the files
-    assert envmod._pip_env_list({**environ, "PIP_FIND_LINKS": "/x /y"}, "PIP_FIND_LINKS") == ("/x", "/y")
+    assert envmod.pip_find_links(environ) == (str(tmp_path / "wheels"),)
+    assert envmod.pip_find_links({**environ, "PIP_FIND_LINKS": "/x /y"}) == ("/x", "/y")
 
 
 # --- audit additions: local wheel folders, completion only after verify, progress, export -------

@@ -27,11 +27,17 @@ def _up_args(root: Path, prefix: Path, *extra: str) -> list[str]:
             "--prefix", str(prefix), "--yes", *extra]
 
 
-@pytest.mark.slow
-def test_up_interrupted_then_resumed_then_a_noop(tmp_path: Path) -> None:
+def _world(tmp_path: Path) -> tuple[Path, Path]:
+    """HOME (the autouse fixture's) and an empty --root under tmp_path."""
     home, root = tmp_path / "home", tmp_path / "root"
     home.mkdir(exist_ok=True)
     root.mkdir()
+    return home, root
+
+
+@pytest.mark.slow
+def test_up_interrupted_then_resumed_then_a_noop(tmp_path: Path) -> None:
+    home, root = _world(tmp_path)
     environ = isolated_environ(home)
     prefix = tmp_path / "envs" / "llm"
     args = [sys.executable, "-m", "provisioner", *_up_args(root, prefix)]
@@ -99,9 +105,7 @@ def test_chat_without_any_environment_says_how_to_get_one(tmp_path: Path) -> Non
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(tmp_path: Path) -> None:
-    home, root = tmp_path / "home", tmp_path / "root"
-    home.mkdir(exist_ok=True)
-    root.mkdir()
+    home, root = _world(tmp_path)
     environ = isolated_environ(home)
     prefix = tmp_path / "envs" / "llm"
     done = run_provision(_up_args(root, prefix, "--dry-run"), environ)
@@ -169,9 +173,7 @@ def test_up_prints_the_sudo_line_when_the_toolkit_link_is_not_writable(
 
 
 def test_up_asks_before_downloading_torch_and_refuses_without_a_terminal(tmp_path: Path) -> None:
-    home, root = tmp_path / "home", tmp_path / "root"
-    home.mkdir(exist_ok=True)
-    root.mkdir()
+    home, root = _world(tmp_path)
     environ = isolated_environ(home)
     prefix = tmp_path / "envs" / "llm"
     # An index (not a local wheel) would serve torch: without --yes, `up` must ask, and with stdin
@@ -189,9 +191,7 @@ def test_up_asks_before_downloading_torch_and_refuses_without_a_terminal(tmp_pat
 # ---------------------------------------------------------------------------- audit additions
 
 def test_unknown_profile_is_refused_before_the_plan(tmp_path: Path) -> None:
-    home, root = tmp_path / "home", tmp_path / "root"
-    home.mkdir(exist_ok=True)
-    root.mkdir()
+    home, root = _world(tmp_path)
     prefix = tmp_path / "envs" / "llm"
     done = run_provision(["--root", str(root), "up", "--model", str(TINY), "--profile", "cu1266",
                           "--prefix", str(prefix), "--dry-run"], isolated_environ(home))
@@ -204,9 +204,7 @@ def test_unknown_profile_is_refused_before_the_plan(tmp_path: Path) -> None:
 
 
 def test_a_damaged_record_only_costs_a_rerun(tmp_path: Path) -> None:
-    home, root = tmp_path / "home", tmp_path / "root"
-    home.mkdir(exist_ok=True)
-    root.mkdir()
+    home, root = _world(tmp_path)
     record = home / ".local" / "state" / "provision" / "up.json"
     record.parent.mkdir(parents=True)
     for text in ("[1, 2]", '{"stages": ["env"]}', '{"stages": {"env": "done"}}', "{not json"):
@@ -217,9 +215,7 @@ def test_a_damaged_record_only_costs_a_rerun(tmp_path: Path) -> None:
 
 
 def test_json_failure_is_still_one_document(tmp_path: Path) -> None:
-    home, root = tmp_path / "home", tmp_path / "root"
-    home.mkdir(exist_ok=True)
-    root.mkdir()
+    home, root = _world(tmp_path)
     done = run_provision(["--root", str(root), "up", "--model", str(TINY), "--cuda", "12.99",
                           "--prefix", str(tmp_path / "envs" / "llm"), "--yes", "--json"], isolated_environ(home))
     assert done.returncode == 2, done.stderr

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +50,6 @@ class App:
             self.emit_json({"version": 1, "dry_run": True, **plan.to_dict()})
         else:
             self.echo(plan.describe())
-
-    def style(self, text: str, **kw: Any) -> str:
-        if self.color is False or not sys.stdout.isatty():
-            return text
-        return click.style(text, **kw)
 
     def install_trace(self) -> None:
         proc.trace = self.info if self.verbose else None

@@ -18,17 +18,9 @@ REPL_SCRIPT = smoke.SCRIPTS / "chat_repl.py"
 
 def repl_command(python: Path, model: str, *, quant: str, max_new_tokens: int, system: str | None,
                  trust_remote_code: bool, greedy: bool, stats: bool) -> list[str]:
-    args = [str(python), str(REPL_SCRIPT), model, "--quant", quant,
-            "--max-new-tokens", str(max_new_tokens)]
-    if system:
-        args += ["--system", system]
-    if trust_remote_code:
-        args.append("--trust-remote-code")
-    if greedy:
-        args.append("--greedy")
-    if stats:
-        args.append("--stats")
-    return args
+    return smoke.script_argv(python, REPL_SCRIPT, model, quant=quant, max_new_tokens=max_new_tokens,
+                             system=system or None, trust_remote_code=trust_remote_code, greedy=greedy,
+                             stats=stats)
 
 
 def _exec(args: list[str], environ: Mapping[str, str]) -> None:

@@ -8,6 +8,7 @@ import click
 from provisioner import download, fit, modelinfo
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
 from provisioner.report import table
+from provisioner.units import gib
 
 
 @click.group("model")
@@ -57,18 +58,18 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
         for o in report.options:
             fits = "-" if o.fits is None else ("yes" if o.fits else "no")
             longest = "-" if o.max_context is None else str(o.max_context)
-            rows.append([o.quant, fit.gib(o.weights_bytes), fit.gib(o.kv_cache_bytes), fit.gib(o.overhead_bytes),
-                         fit.gib(o.total_bytes), fits, longest])
+            rows.append([o.quant, gib(o.weights_bytes), gib(o.kv_cache_bytes), gib(o.overhead_bytes),
+                         gib(o.total_bytes), fits, longest])
         app.echo(table(rows, ["precision", "weights", "KV cache", "overhead", "total", "fits", "max context"]))
         app.echo("")
         if report.recommended is not None:
             r = report.recommended
-            app.echo(f"Recommended: {r.quant}, {fit.gib(r.total_bytes)} at {report.context} tokens; "
+            app.echo(f"Recommended: {r.quant}, {gib(r.total_bytes)} at {report.context} tokens; "
                      f"up to {r.max_context} tokens fit with it.")
         elif report.gpu_free_bytes is None:
             app.echo("No verdict: no free-GPU-memory figure. Pass --gpu-memory GiB to check against one.")
         else:
-            app.echo(f"Nothing fits in {fit.gib(report.gpu_free_bytes)}: {report.advice}.")
+            app.echo(f"Nothing fits in {gib(report.gpu_free_bytes)}: {report.advice}.")
         app.echo("overhead = activation workspace + 457 MiB CUDA context; nf4 weights keep embeddings, "
                  "lm_head and norms in 16 bit.")
     if failed:

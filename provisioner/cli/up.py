@@ -9,6 +9,7 @@ import click
 
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import ProvisionError, UsageError
+from provisioner.units import gib
 
 STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "done?", "skipped": "skipped",
                 "ran": "ran", "warn": "warn", "failed": "FAILED"}
@@ -79,7 +80,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
                         index_url=index_url, extra_index_url=extra_index_url, find_links=find_links,
                         allow_insecure_index=allow_insecure_index, endpoint=endpoint, mirror=mirror,
                         local_dir=local_dir, gpu_memory=gpu_memory, prompt=prompt,
-                        max_new_tokens=max_new_tokens, yes=yes, dry_run=dry_run)
+                        max_new_tokens=max_new_tokens, yes=yes)
     interactive = sys.stdin is not None and sys.stdin.isatty()
 
     def confirm(question: str) -> bool:
@@ -132,12 +133,8 @@ def _peak_text(s: dict[str, Any]) -> str:
     if s["gpu"] == "none (CPU)":
         # On the CPU the measurement is the process's peak RSS (Python and torch included), and the
         # estimate is for a GPU (CUDA context included): show both, but do not pretend they compare.
-        return f"{_gib(measured)} peak RSS (runtime included); GPU estimate {_gib(estimated)}"
-    return f"{_gib(measured)} measured, {_gib(estimated)} estimated"
-
-
-def _gib(n: float | int | None) -> str:
-    return "?" if n is None else f"{n / 1024**3:.2f} GiB"
+        return f"{gib(measured)} peak RSS (runtime included); GPU estimate {gib(estimated)}"
+    return f"{gib(measured)} measured, {gib(estimated)} estimated"
 
 
 @click.command("report")
