@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from provisioner import __version__, proc, redact, state
-from provisioner.errors import CommandError, ProvisionError
+from provisioner import __version__, redact, state
+from provisioner.errors import ProvisionError
 
 #: Environment variables worth showing (values redacted when secret-looking).
 ENV_VARS = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "HF_ENDPOINT",
@@ -22,7 +22,7 @@ ENV_VARS = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_D
 def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
             profile_name: str | None) -> dict[str, Any]:
     """Gather the facts; each section records its own error instead of stopping the report."""
-    from provisioner import cuda, smoke, up, verify
+    from provisioner import smoke, up, verify
     from provisioner import env as envmod
     from provisioner import lock as lockmod
 
@@ -44,26 +44,24 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
     facts = verify.gather(root=root, environ=environ, env_target=env_target)
     section("checks", lambda: [c.to_dict() for c in verify.evaluate(
         facts, root=root, environ=environ, profile_name=profile_name)])
-    doc["driver"] = facts.info.to_dict()
+    doc["driver"] = facts.info.to_dict() if facts.info is not None else None
+    # The whole snapshot, so that `provision explain` on another machine runs the same checks.
+    doc["facts"] = facts.to_dict()
 
     def toolkits() -> dict[str, Any]:
         link = facts.link
         if link is None:
             raise ProvisionError(facts.link_error or "the /usr/local/cuda link could not be read")
+        assert facts.cuda is not None
         out: dict[str, Any] = {"link": link.to_dict(),
-                               "toolkits": [t.to_dict() for t in cuda.toolkits(root, environ)]}
-        # The link's own toolkit (re-anchored under root), never the path text: an absolute link
-        # target under --root would otherwise run this machine's nvcc.
-        if link.toolkit is not None and link.toolkit.has_nvcc:
-            try:
-                out["nvcc_version"] = proc.run([link.toolkit.path / "bin" / "nvcc", "--version"],
-                                               env=dict(environ), timeout=30).stdout
-            except CommandError as e:
-                out["nvcc_version"] = f"unavailable: {e.message}"
+                               "toolkits": [t.to_dict() for t in facts.cuda.toolkits]}
+        # What the link's own toolkit printed when the facts were read (its nvcc runs once).
+        tk = link.toolkit
+        if tk is not None and tk.has_nvcc:
+            out["nvcc_version"] = tk.nvcc_output or f"unavailable: {tk.nvcc_error or 'no output'}"
         else:
             out["nvcc_version"] = f"unavailable: /usr/local/cuda is {link.state}"
-        on_path = cuda.which_nvcc(environ, root)
-        out["nvcc_on_path"] = str(on_path) if on_path else None
+        out["nvcc_on_path"] = facts.cuda.nvcc.first
         return out
 
     section("cuda", toolkits)
@@ -127,7 +125,8 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     for key, title in (("driver", "Driver (NVML)"), ("cuda", "CUDA toolkits and the /usr/local/cuda link"),
                        ("environment", "Environment: packages and lock"), ("profile", "Profile"),
                        ("last_smoke", "Last smoke chat"), ("last_up", "Last `provision up`"),
-                       ("last_failure", "Last failure"), ("environment_variables", "Environment variables")):
+                       ("last_failure", "Last failure"), ("environment_variables", "Environment variables"),
+                       ("facts", "Facts (machine-readable, for `provision explain`)")):
         value = doc.get(key)
         lines += [f"## {title}", ""]
         if value is None:

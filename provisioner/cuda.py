@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,7 @@ class Toolkit:
     has_headers: bool
     nvcc_error: str | None = None    # why its nvcc could not report a version, when it could not
     root: Path = field(default=Path("/"), compare=False, repr=False)
+    nvcc_output: str | None = field(default=None, compare=False, repr=False)   # its `nvcc --version`
 
     @property
     def complete(self) -> bool:
@@ -153,6 +154,21 @@ class Toolkit:
                 "has_nvcc": self.has_nvcc, "has_cudart": self.has_cudart,
                 "has_headers": self.has_headers, "missing": self.missing,
                 "nvcc_error": self.nvcc_error}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Toolkit:
+        """A toolkit read elsewhere (a report file): paths are system paths, the root is `/`."""
+        version = d.get("version")
+        return cls(path=Path(str(d.get("path") or f"{LOCAL}/{d.get('name') or 'cuda'}")),
+                   name=str(d.get("name") or "cuda"),
+                   version=CudaVersion.parse(str(version)) if version else None,
+                   version_source=d.get("version_source"), has_nvcc=bool(d.get("has_nvcc")),
+                   has_cudart=bool(d.get("has_cudart")), has_headers=bool(d.get("has_headers")),
+                   nvcc_error=d.get("nvcc_error"), nvcc_output=d.get("nvcc_output"))
+
+    def facts_dict(self) -> dict[str, Any]:
+        """to_dict plus what its nvcc printed (for a facts snapshot)."""
+        return dict(self.to_dict(), nvcc_output=self.nvcc_output)
 
 
 def parse_nvcc_version(text: str) -> CudaVersion | None:
@@ -236,9 +252,10 @@ def read_toolkit(path: Path, root: Path, environ: Mapping[str, str]) -> Toolkit:
     version: CudaVersion | None = None
     source: str | None = None
     error: str | None = None
+    output: str | None = None
     if has_nvcc:
         try:
-            version, _ = nvcc_version(nvcc, environ)
+            version, output = nvcc_version(nvcc, environ)
             source = "nvcc"
         except ProvisionError as e:
             error = e.message
@@ -255,7 +272,7 @@ def read_toolkit(path: Path, root: Path, environ: Mapping[str, str]) -> Toolkit:
             version, source = CudaVersion.from_int(int(m[1])), "cuda.h"
     return Toolkit(path=path, name=path.name, version=version, version_source=source,
                    has_nvcc=has_nvcc, has_cudart=has_cudart, has_headers=has_headers,
-                   nvcc_error=error, root=root)
+                   nvcc_error=error, root=root, nvcc_output=output)
 
 
 def toolkits(root: Path, environ: Mapping[str, str]) -> list[Toolkit]:
@@ -327,9 +344,26 @@ class LinkState:
                 "target": self.target_system,
                 "toolkit": self.toolkit.to_dict() if self.toolkit else None}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LinkState:
+        target, tk = d.get("target"), d.get("toolkit")
+        return cls(Path(LINK), str(d.get("state") or "missing"), d.get("raw_target"),
+                   Path(str(target)) if target else None,
+                   Toolkit.from_dict(tk) if isinstance(tk, Mapping) else None)
 
-def read_link(root: Path, environ: Mapping[str, str]) -> LinkState:
-    """Read `<root>/usr/local/cuda` without leaving root (never Path.resolve)."""
+
+def read_link(root: Path, environ: Mapping[str, str],
+              installed: Sequence[Toolkit] | None = None) -> LinkState:
+    """Read `<root>/usr/local/cuda` without leaving root (never Path.resolve).
+
+    A toolkit already read (`installed`, from toolkits()) is reused, so its nvcc runs only once.
+    """
+    def toolkit_at(path: Path) -> Toolkit:
+        for t in installed or ():
+            if _inside(root, t.path) == path:
+                return t
+        return read_toolkit(path, root, environ)
+
     link = under_root(root, LINK)
     if not os.path.lexists(link):
         return LinkState(link, "missing", None, None, None, root)
@@ -340,19 +374,118 @@ def read_link(root: Path, environ: Mapping[str, str]) -> LinkState:
             return LinkState(link, "dangling", raw, None, None, root)
         target = under_root(root, final)
         if target.is_dir():
-            return LinkState(link, "ok", raw, target, read_toolkit(target, root, environ), root)
+            return LinkState(link, "ok", raw, target, toolkit_at(target), root)
         return LinkState(link, "dangling", raw, target, None, root)
     if link.is_dir():
         return LinkState(link, "directory", None, link, read_toolkit(link, root, environ), root)
     return LinkState(link, "not-a-link-file", None, None, None, root)
 
 
-def _move_aside_hint(root: Path, state: LinkState, then: str) -> str:
+@dataclass(frozen=True)
+class NvccOnPath:
+    """The `nvcc` a shell would run, and how it relates to the link (read once, judged later)."""
+
+    first: str | None = None                 # system path of the first nvcc on PATH
+    resolved: str | None = None              # the same with every link followed
+    bypass: str | None = None                # how it reaches a versioned toolkit without the link
+    through_link: bool = False               # it is the linked toolkit's nvcc (or a wrapper using the link)
+    version: str | None = None               # what it reports, when it is not the linked toolkit's nvcc
+    versioned: Mapping[str, Sequence[str]] = field(default_factory=dict)   # PATH / LD_LIBRARY_PATH hits
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "resolved": self.resolved, "bypass": self.bypass,
+                "through_link": self.through_link, "version": self.version,
+                "versioned": {k: list(v) for k, v in self.versioned.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NvccOnPath:
+        versioned = d.get("versioned") or {}
+        return cls(first=d.get("first"), resolved=d.get("resolved"), bypass=d.get("bypass"),
+                   through_link=bool(d.get("through_link")), version=d.get("version"),
+                   versioned={str(k): tuple(v) for k, v in versioned.items()})
+
+
+@dataclass(frozen=True)
+class CudaFacts:
+    """Everything the toolkit checks look at: the link, the toolkits, PATH's nvcc; gathered once."""
+
+    link: LinkState | None                   # None: the link could not be read (see link_error)
+    link_error: str | None
+    toolkits: tuple[Toolkit, ...]
+    entries: tuple[str, ...]                 # every `cuda-*` name under /usr/local (files and links too)
+    nvcc: NvccOnPath
+
+    def to_dict(self) -> dict[str, Any]:
+        link = self.link.to_dict() if self.link else None
+        if link is not None and self.link is not None and self.link.toolkit is not None:
+            link["toolkit"] = self.link.toolkit.facts_dict()
+        return {"link": link, "link_error": self.link_error,
+                "toolkits": [t.facts_dict() for t in self.toolkits], "entries": list(self.entries),
+                "nvcc": self.nvcc.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CudaFacts:
+        link = d.get("link")
+        return cls(link=LinkState.from_dict(link) if isinstance(link, Mapping) else None,
+                   link_error=d.get("link_error"),
+                   toolkits=tuple(Toolkit.from_dict(t) for t in d.get("toolkits") or ()),
+                   entries=tuple(str(e) for e in d.get("entries") or ()),
+                   nvcc=NvccOnPath.from_dict(d.get("nvcc") or {}))
+
+
+def gather(root: Path, environ: Mapping[str, str]) -> CudaFacts:
+    """Read the toolkits (each nvcc once), the link and PATH's nvcc under root."""
+    installed = tuple(toolkits(root, environ))
+    entries = _entries(root)
+    try:
+        state: LinkState | None = read_link(root, environ, installed)
+        error = None
+    except ProvisionError as e:
+        state, error = None, e.message
+    except OSError as e:
+        state, error = None, f"{LINK} cannot be read: {e.strerror or e}"
+    return CudaFacts(state, error, installed, entries, _nvcc_on_path(root, environ, state, installed))
+
+
+def _nvcc_on_path(root: Path, environ: Mapping[str, str], state: LinkState | None,
+                  installed: Sequence[Toolkit]) -> NvccOnPath:
+    versioned: dict[str, tuple[str, ...]] = {}
+    for var in ("PATH", "LD_LIBRARY_PATH"):
+        hits = tuple(e for e in environ.get(var, "").split(os.pathsep) if e and _VERSIONED.search(e))
+        if hits:
+            versioned[var] = hits
+    first = which_nvcc(environ, root)
+    if first is None:
+        return NvccOnPath(versioned=versioned)
+    final = _inside(root, first)
+    bypass = _bypass(first, final)
+    through = state is not None and _through_link(final, state)
+    version = None
+    if not bypass and not through:
+        known = next((t for t in installed if _inside(root, t.path / "bin" / "nvcc") == final), None)
+        if known is not None and known.version_source == "nvcc":
+            version = str(known.version)        # already asked when the toolkits were read
+        else:
+            try:
+                version = str(nvcc_version(final, environ)[0])
+            except ProvisionError:
+                version = None
+    return NvccOnPath(system_path(root, first), system_path(root, final), bypass, through, version,
+                      versioned)
+
+
+def _entries(root: Path) -> tuple[str, ...]:
+    local = under_root(root, LOCAL)
+    return tuple(sorted(e.name for e in local.glob("cuda-*"))) if local.is_dir() else ()
+
+
+def _move_aside_hint(entries: Sequence[str], state: LinkState, then: str) -> str:
     tk = state.toolkit
     if tk is not None and tk.version is not None:
-        dest = f"{LOCAL}/cuda-{tk.version.short}"
+        name = f"cuda-{tk.version.short}"
+        dest = f"{LOCAL}/{name}"
         note = f" (its toolkit reports CUDA {tk.version}, by {tk.version_source})"
-        if os.path.lexists(under_root(root, dest)):
+        if name in entries:
             dest += ".orig"  # cuda-X.Y is taken; a suffix keeps both
     else:
         dest = f"{LOCAL}/cuda-X.Y"
@@ -362,9 +495,15 @@ def _move_aside_hint(root: Path, state: LinkState, then: str) -> str:
 
 
 def check_link(root: Path, environ: Mapping[str, str]) -> Check:
+    """cuda.link, read now (see judge_link)."""
+    return judge_link(gather(root, environ), root)
+
+
+def judge_link(cf: CudaFacts, root: Path = Path("/")) -> Check:
     """cuda.link: /usr/local/cuda is a link to a complete toolkit whose nvcc reports its version."""
-    state = read_link(root, environ)
-    installed = toolkits(root, environ)
+    if cf.link is None:
+        return Check("cuda.link", Status.FAIL, cf.link_error or f"{LINK} cannot be read", None, {})
+    state, installed = cf.link, cf.toolkits
     complete = [t for t in installed if t.complete and t.version]
     newest = complete[-1] if complete else None
     data: dict[str, object] = {"link": state.to_dict(),
@@ -383,7 +522,7 @@ def check_link(root: Path, environ: Mapping[str, str]) -> Check:
     if state.state == "directory":
         msg = f"{LINK} is a real directory, not a link, so it cannot be switched"
         return Check("cuda.link", Status.FAIL, msg,
-                     _move_aside_hint(root, state, command_line(root, "cuda switch X.Y")), data)
+                     _move_aside_hint(cf.entries, state, command_line(root, "cuda switch X.Y")), data)
     if state.state == "not-a-link-file":
         return Check("cuda.link", Status.FAIL, f"{LINK} is a regular file, not a link to a toolkit",
                      f"inspect and remove it (`sudo rm {LINK}`), then `{switch_fix}`", data)
@@ -446,49 +585,41 @@ def _through_link(final: Path, state: LinkState) -> bool:
 
 
 def check_nvcc_path(root: Path, environ: Mapping[str, str]) -> Check:
+    """cuda.nvcc_path, read now (see judge_nvcc_path)."""
+    return judge_nvcc_path(gather(root, environ), root)
+
+
+def judge_nvcc_path(cf: CudaFacts, root: Path = Path("/")) -> Check:
     """cuda.nvcc_path: the `nvcc` a shell runs is the one /usr/local/cuda points at, via the link."""
-    state = read_link(root, environ)
+    state, nv = cf.link, cf.nvcc
     fix = command_line(root, "cuda shell-init --apply") + " (then open a new shell)"
     problems: list[str] = []
-    versioned: dict[str, list[str]] = {}
-    for var in ("PATH", "LD_LIBRARY_PATH"):
-        hits = [e for e in environ.get(var, "").split(os.pathsep) if e and _VERSIONED.search(e)]
-        if hits:
-            versioned[var] = hits
-            problems.append(f"{var} names versioned toolkit directories ({', '.join(hits)}), "
-                            f"which a `cuda switch` does not change")
-    first = which_nvcc(environ, root)
-    data: dict[str, object] = {"nvcc": system_path(root, first) if first else None,
-                               "versioned_entries": versioned, "link_target": state.target_system}
-    link_tk = state.toolkit if state.state == "ok" else None
-    if first is None:
-        if state.state == "missing" and not toolkits(root, environ):
+    for var, hits in nv.versioned.items():
+        problems.append(f"{var} names versioned toolkit directories ({', '.join(hits)}), "
+                        f"which a `cuda switch` does not change")
+    data: dict[str, object] = {"nvcc": nv.first,
+                               "versioned_entries": {k: list(v) for k, v in nv.versioned.items()},
+                               "link_target": state.target_system if state else None}
+    link_tk = state.toolkit if state is not None and state.state == "ok" else None
+    if nv.first is None:
+        if (state is None or state.state == "missing") and not cf.toolkits:
             return Check("cuda.nvcc_path", Status.SKIP, "no CUDA toolkit installed and no nvcc on PATH",
                          None, data)
         problems.insert(0, f"no nvcc on PATH ({LINK}/bin is not on it)")
     else:
-        shown = system_path(root, first)
-        final = _inside(root, first)
-        final_sys = system_path(root, final)
-        data["nvcc_resolved"] = final_sys
-        bypass = _bypass(first, final)
-        if bypass:
-            data["bypass"] = bypass
-            problems.append(f"the first nvcc on PATH, {shown}, {bypass}, bypassing {LINK}")
-        elif link_tk is not None and state.target is not None and not _through_link(final, state):
-            try:
-                v, _ = nvcc_version(final, environ)
-                what = f"CUDA {v}"
-            except ProvisionError:
-                what = "version unknown"
-            problems.append(f"the first nvcc on PATH is {shown}"
-                            + (f" (= {final_sys})" if final_sys != shown else "")
+        data["nvcc_resolved"] = nv.resolved
+        if nv.bypass:
+            data["bypass"] = nv.bypass
+            problems.append(f"the first nvcc on PATH, {nv.first}, {nv.bypass}, bypassing {LINK}")
+        elif link_tk is not None and state is not None and state.target is not None and not nv.through_link:
+            what = f"CUDA {nv.version}" if nv.version else "version unknown"
+            problems.append(f"the first nvcc on PATH is {nv.first}"
+                            + (f" (= {nv.resolved})" if nv.resolved != nv.first else "")
                             + f", {what}, not {LINK}/bin/nvcc ({link_tk.label})")
     if problems:
         return Check("cuda.nvcc_path", Status.WARN, "; ".join(problems), fix, data)
-    where = system_path(root, first) if first else "?"
     version = f"CUDA {link_tk.version}" if link_tk and link_tk.version else "version unknown"
-    return Check("cuda.nvcc_path", Status.OK, f"nvcc on PATH is {where} ({version}), via {LINK}",
+    return Check("cuda.nvcc_path", Status.OK, f"nvcc on PATH is {nv.first or '?'} ({version}), via {LINK}",
                  None, data)
 
 
@@ -557,7 +688,7 @@ def _refuse_unswitchable(root: Path, state: LinkState, then: str) -> None:
         found = (f" holding CUDA {state.toolkit.version}" if state.toolkit and state.toolkit.version
                  else "")
         raise ProvisionError(f"{LINK} is a real directory{found}, not a link; nothing was changed",
-                             hint=_move_aside_hint(root, state, then))
+                             hint=_move_aside_hint(_entries(root), state, then))
     if state.state == "not-a-link-file":
         raise ProvisionError(f"{LINK} is a regular file, not a link; nothing was changed",
                              hint=f"look at it and remove it yourself (`sudo rm {LINK}`), then `{then}`")

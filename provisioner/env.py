@@ -1016,12 +1016,12 @@ def _step_error(step: Step, e: ProvisionError, plan: CreatePlan) -> ProvisionErr
 
 def env_checks(plan: CreatePlan, environ: Mapping[str, str]) -> list[Check]:
     """`provision verify`'s environment checks (env.*) for the new environment, against its profile."""
-    from provisioner import envtarget, gpu, verify
+    from provisioner import envprobe, envtarget, gpu, verify
 
     target = envtarget.EnvTarget(envtarget.kind_of(plan.prefix), plan.prefix, plan.python)
     info = plan.facts.driver or gpu.DriverInfo(status=plan.facts.driver_status,
                                                error=plan.facts.driver_error)
-    probe, problem = verify.probe_env(target, environ)
+    probe, problem = envprobe.run(target, environ)
     ctx = verify.EnvContext(target=target, profile=plan.profile, profile_requested=True,
                             fix_profile=plan.profile, root=plan.root)
     return verify.check_env(probe, info, plan.profile, ctx=ctx, probe_error=problem)

@@ -12,6 +12,12 @@ import yaml
 
 DATA_FILE = Path(__file__).parent / "data" / "known-messages.yaml"
 _FIELDS = ("id", "pattern", "cause", "fix", "source")
+_OPTIONAL = ("regex", "cause_id", "values")
+#: The documented cause vocabulary (`provision explain --json`, causes[].id); README lists it.
+CAUSE_IDS = ("driver-too-old", "driver-mismatch", "driver-not-loaded", "no-gpu-visible", "torch-cpu-build",
+             "gpu-arch-unsupported", "toolkit-torch-mismatch", "cuda-runtime-missing", "out-of-memory",
+             "offloaded", "bnb-cpu-library", "bnb-outdated", "bnb-cuda-version-override", "nvcc-not-found",
+             "other")
 
 
 @dataclass(frozen=True)
@@ -22,11 +28,27 @@ class KnownMessage:
     fix: str
     source: str
     regex: bool = False
+    cause_id: str = "other"
+    values: tuple[tuple[str, str], ...] = ()     # (name, regular expression with one or more groups)
 
     def matches(self, text: str) -> bool:
-        if self.regex:
-            return re.search(self.pattern, text, re.IGNORECASE) is not None
-        return self.pattern.lower() in text.lower()
+        return self.search(text) is not None
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """Where the message occurs in `text` (case-insensitive), or None."""
+        pattern = self.pattern if self.regex else re.escape(self.pattern)
+        return re.search(pattern, text, re.IGNORECASE)
+
+    def extract(self, text: str) -> dict[str, str]:
+        """The values this message carries (`found version 11040`, `sm_120`), from anywhere in `text`."""
+        out = {}
+        for name, pattern in self.values:
+            m = re.search(pattern, text, re.IGNORECASE)
+            if m:
+                value = next((g for g in m.groups() if g), None) if m.groups() else m[0]
+                if value:
+                    out[name] = value.strip()
+        return out
 
     def fix_with(self, **values: str | None) -> str:
         """The fix with `{name}` placeholders filled where a value is known (others stay visible)."""
@@ -50,17 +72,33 @@ def load(path: Path = DATA_FILE) -> tuple[KnownMessage, ...]:
         missing = [f for f in _FIELDS if not isinstance(entry.get(f), str) or not entry[f].strip()]
         if missing:
             raise ValueError(f"{path.name}: messages[{i}]: missing {', '.join(missing)}")
-        unknown = set(entry) - set(_FIELDS) - {"regex"}
+        unknown = set(entry) - set(_FIELDS) - set(_OPTIONAL)
         if unknown:
             raise ValueError(f"{path.name}: messages[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
+        cause_id = str(entry.get("cause_id") or "other")
+        if cause_id not in CAUSE_IDS:
+            raise ValueError(f"{path.name}: messages[{i}]: cause_id {cause_id!r} is not one of {', '.join(CAUSE_IDS)}")
+        values = entry.get("values") or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path.name}: messages[{i}]: values must be a mapping of name to regex")
+        for name, pattern in values.items():
+            re.compile(pattern)   # a bad expression in shipped data fails the table test, not a user
         out.append(KnownMessage(**{f: entry[f].strip() for f in _FIELDS},
-                                regex=bool(entry.get("regex", False))))
+                                regex=bool(entry.get("regex", False)), cause_id=cause_id,
+                                values=tuple((str(k), str(v)) for k, v in values.items())))
     return tuple(out)
 
 
 @functools.lru_cache(maxsize=1)
 def table() -> tuple[KnownMessage, ...]:
     return load()
+
+
+def match_all(text: str | None) -> list[KnownMessage]:
+    """Every known message found in `text`, in table order (specific before generic)."""
+    if not text:
+        return []
+    return [known for known in table() if known.matches(text)]
 
 
 def match(text: str | None) -> KnownMessage | None:

@@ -1,138 +1,34 @@
 """`provision verify`: one verdict across driver, GPUs, CUDA toolkit, the torch wheel and bitsandbytes."""
 from __future__ import annotations
 
-import json
 import shlex
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner import gpu, known_messages, proc
+from provisioner import envprobe, gpu, known_messages
+from provisioner import facts as facts_mod
 from provisioner.envtarget import EnvTarget
-from provisioner.errors import CommandError, ProvisionError
+from provisioner.errors import ProvisionError
 from provisioner.report import Check, Status
 from provisioner.units import gib
 from provisioner.versions import CudaVersion
 
 if TYPE_CHECKING:
-    from provisioner.cuda import LinkState
     from provisioner.profiles import Profile
 
-PROBE_SCRIPT = Path(__file__).parent / "scripts" / "probe_env.py"
-#: Importing torch takes seconds, initialising CUDA on a big GPU more; a JIT of PTX can take minutes.
-PROBE_TIMEOUT = 300
-NVML_TIMEOUT = 30
 #: Warn when something other than us already holds this share of a GPU's memory.
 MEMORY_WARN_SHARE = 0.25
 #: bitsandbytes' 4-bit (NF4/FP4) kernels need compute capability 6.0+ from 0.48 (installation docs).
 BNB_4BIT_MIN_CC = (6, 0)
 
-
-# --------------------------------------------------------------------------- facts
-
-@dataclass(frozen=True)
-class Facts:
-    """Everything verify looks at, gathered once (subprocesses included) and judged by `evaluate`."""
-
-    info: gpu.DriverInfo
-    modules: frozenset[str] | None            # loaded kernel modules; None: /proc/modules unreadable
-    kernel_driver: str | None                 # version of the loaded nvidia kernel module
-    pci_gpus: tuple[str, ...]                 # NVIDIA display controllers on the PCI bus
-    os_id: tuple[str, ...]                    # ID and ID_LIKE from /etc/os-release
-    link: LinkState | None
-    link_error: str | None
-    target: EnvTarget | None
-    target_error: ProvisionError | None
-    probe: Mapping[str, Any] | None           # the probe script's JSON
-    probe_error: str | None                   # why the full probe gave no (or only partial) result
-    timings: Mapping[str, float] = field(default_factory=dict)
-
-
-def os_ids(root: Path) -> tuple[str, ...]:
-    """`ID` then the `ID_LIKE` words of <root>/etc/os-release ("ubuntu", "debian"); empty if unknown."""
-    try:
-        text = (root / "etc/os-release").read_text()
-    except OSError:
-        return ()
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip("\"'")
-    return tuple(w.lower() for w in [values.get("ID", "")] + values.get("ID_LIKE", "").split() if w)
-
-
-def probe_env(target: EnvTarget, environ: Mapping[str, str],
-              timeout: float = PROBE_TIMEOUT) -> tuple[dict[str, Any] | None, str | None]:
-    """Run the probe script with the environment's own Python: (report, problem).
-
-    A crash (a torch that segfaults on import) still yields the package versions, from a second,
-    metadata-only run, with the crash as the problem.
-    """
-    def run(*extra: str) -> tuple[dict[str, Any] | None, str | None]:
-        try:
-            done = proc.run([target.python, PROBE_SCRIPT, *extra], env=environ, timeout=timeout,
-                            check=False)
-        except CommandError as e:
-            return None, e.message
-        try:
-            doc = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and done.returncode == 0:
-            return doc, None
-        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
-               else f"exited {done.returncode}")
-        detail = proc.tail(done.stderr or done.stdout, 8).strip()
-        return None, f"the environment probe {how}" + (f":\n{detail}" if detail else "")
-
-    report, problem = run()
-    if report is None and problem is not None and "not found" not in problem:
-        partial, _ = run("--metadata-only")
-        if partial is not None:
-            return partial, problem
-    return report, problem
-
-
-def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:
-    """Collect the facts: NVML (subprocess), kernel modules, the cuda link, the env probe (subprocess)."""
-    from provisioner import cuda, envtarget
-
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-    info = gpu.probe(environ, timeout=NVML_TIMEOUT)
-    timings["nvml"] = time.monotonic() - t
-
-    modules_file = root / "proc" / "modules"
-    modules = frozenset(gpu.kernel_modules(root)) if modules_file.is_file() else None
-
-    t = time.monotonic()
-    link: LinkState | None = None
-    link_error = None
-    try:
-        link = cuda.read_link(root, environ)
-    except ProvisionError as e:
-        link_error = e.message
-    timings["toolkit"] = time.monotonic() - t
-
-    target: EnvTarget | None = None
-    target_error: ProvisionError | None = None
-    probe: dict[str, Any] | None = None
-    probe_error: str | None = None
-    t = time.monotonic()
-    try:
-        target = envtarget.resolve(env_target, environ)
-    except ProvisionError as e:
-        target_error = e
-    if target is not None:
-        probe, probe_error = probe_env(target, environ)
-    timings["env_probe"] = time.monotonic() - t
-    return Facts(info=info, modules=modules, kernel_driver=gpu.kernel_driver_version(root),
-                 pci_gpus=tuple(gpu.nvidia_pci_devices(root)), os_id=os_ids(root), link=link,
-                 link_error=link_error, target=target, target_error=target_error, probe=probe,
-                 probe_error=probe_error, timings=timings)
+# The snapshot and its live reader live in facts.py; these names stay for callers of verify.
+Facts = facts_mod.Facts
+gather = facts_mod.gather
+os_ids = facts_mod.os_ids
+probe_env = envprobe.run
+PROBE_SCRIPT = envprobe.PROBE_SCRIPT
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -194,14 +90,14 @@ def libcuda_fix(os_id: Sequence[str], branch: int | None) -> str:
 
 # --------------------------------------------------------------------------- driver
 
-def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None,
-                 need_gpu: bool = True) -> list[Check]:
-    """driver, driver.cuda, driver.nouveau."""
-    modules = facts.modules if facts is not None else (
-        frozenset(gpu.kernel_modules(root)) if (root / "proc/modules").is_file() else None)
-    os_id = facts.os_id if facts is not None else os_ids(root)
-    pci = facts.pci_gpus if facts is not None else tuple(gpu.nvidia_pci_devices(root))
-    kernel = facts.kernel_driver if facts is not None else gpu.kernel_driver_version(root)
+def check_driver(facts: Facts, *, root: Path = Path("/"), need_gpu: bool = True) -> list[Check]:
+    """driver, driver.cuda, driver.nouveau (nothing when the facts hold no driver reading)."""
+    info = facts.info
+    if info is None:
+        return []
+    modules, os_id = facts.modules, facts.os_id
+    pci = facts.pci_gpus or ()
+    kernel = facts.kernel_driver
     nouveau = modules is not None and "nouveau" in modules
     nvidia_mod = modules is not None and "nvidia" in modules
     data: dict[str, Any] = {"status": info.status, "error": info.error,
@@ -215,8 +111,11 @@ def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None
 
     if info.status == "ok":
         n = len(info.gpus)
-        msg = f"NVIDIA driver {info.driver_version or '?'} loaded (NVML {info.nvml_version or '?'}), {n} GPU(s)"
-        if n == 0:
+        who = f"NVIDIA driver {info.driver_version}" if info.driver_version else "an NVIDIA driver"
+        msg = f"{who} loaded" + (f" (NVML {info.nvml_version})" if info.nvml_version else "") + f", {n} GPU(s)"
+        if n == 0 and not facts.gpus_complete:
+            checks.append(Check("driver", Status.OK, f"{who} loaded", None, data))
+        elif n == 0:
             checks.append(Check("driver", fail, msg + ": NVML lists no GPU",
                                 "check `nvidia-smi -L` and dmesg; a GPU that fell off the bus needs a reboot",
                                 data))
@@ -257,7 +156,8 @@ def check_driver(info: gpu.DriverInfo, root: Path, *, facts: Facts | None = None
         checks.append(Check("driver.cuda", Status.SKIP, "no usable driver to ask", None, {}))
     elif info.cuda is not None:
         checks.append(Check("driver.cuda", Status.OK,
-                            f"driver {info.driver_version or '?'} supports CUDA up to {info.cuda.short}",
+                            f"{'driver ' + str(info.driver_version) if info.driver_version else 'the driver'}"
+                            f" supports CUDA up to {info.cuda.short}",
                             None, {"cuda": info.cuda.short}))
     else:
         err = info.errors.get("cuda", "unknown")
@@ -375,16 +275,25 @@ def _processes(g: gpu.GpuInfo) -> Check:
 
 # --------------------------------------------------------------------------- toolkit
 
-def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
-                         root: Path = Path("/"), environ: Mapping[str, str] | None = None,
-                         os_id: Sequence[str] = ()) -> Check:
-    """cuda.driver: the driver is new enough for the toolkit /usr/local/cuda points at."""
+def check_toolkit_driver(facts: Facts, *, root: Path = Path("/")) -> Check:
+    """cuda.driver: the driver is new enough for the toolkit /usr/local/cuda points at.
+
+    Without a known link (a pasted `nvcc --version`), the toolkit that nvcc reports is judged.
+    """
     from provisioner import compat
 
-    tk = link.toolkit if link is not None and link.state == "ok" else None
-    if tk is None or tk.version is None:
+    tk = facts.linked_toolkit
+    v: CudaVersion | None = tk.version if tk is not None else None
+    what_tk = "the linked"
+    if v is None and facts.cuda is None and facts.toolkit_version:
+        try:
+            v, what_tk = CudaVersion.parse(facts.toolkit_version), "nvcc's"
+        except ProvisionError:
+            v = None
+    if v is None:
         return Check("cuda.driver", Status.SKIP, "no linked toolkit with a known version", None, {})
-    v = tk.version
+    info = facts.info or gpu.DriverInfo("no-library")
+    os_id = facts.os_id
     need = compat.toolkit_min_driver(v)
     family = compat.family_min_driver(v)
     data: dict[str, Any] = {"toolkit": str(v), "needs": str(need[0]) if need else None,
@@ -392,6 +301,10 @@ def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
                             "family_min": str(family[0]) if family else None}
     if info.status != "ok" or info.driver_version is None:
         what = f"needs driver >= {need[0]}" if need else "minimum driver unknown"
+        if info.status == "ok" and info.cuda is not None and (v.major, v.minor) > (info.cuda.major, info.cuda.minor):
+            return Check("cuda.driver", Status.FAIL,
+                         f"the driver supports CUDA up to {info.cuda.short}, {what_tk} toolkit is {v.short}",
+                         driver_install_fix(os_id), data)
         return Check("cuda.driver", Status.SKIP, f"CUDA {v.short} toolkit {what}; no driver to compare",
                      None, data)
     drv = info.driver_version
@@ -400,7 +313,7 @@ def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
         # A toolkit newer than the table: fall back to the CUDA version the driver reports.
         if info.cuda is not None and (v.major, v.minor) > (info.cuda.major, info.cuda.minor):
             return Check("cuda.driver", Status.FAIL,
-                         f"driver {drv} supports CUDA up to {info.cuda.short}, the linked toolkit is {v.short}",
+                         f"driver {drv} supports CUDA up to {info.cuda.short}, {what_tk} toolkit is {v.short}",
                          driver_install_fix(os_id), data)
         return Check("cuda.driver", Status.OK,
                      f"driver {drv} (CUDA {info.cuda.short if info.cuda else '?'}); no minimum-driver "
@@ -409,7 +322,7 @@ def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
         return Check("cuda.driver", Status.OK,
                      f"driver {drv} >= {need[0]}, the minimum for CUDA {v.short}", None, data)
     fix = driver_install_fix(os_id, at_least=str(need[0]))
-    older = _older_toolkit(drv, v, root, environ or {})
+    older = _older_toolkit(drv, v, facts)
     if older:
         fix += f"; or point /usr/local/cuda at a toolkit this driver runs: {_provision(root, f'cuda switch {older}')}"
     if family is not None and drv >= family[0]:
@@ -419,20 +332,16 @@ def check_toolkit_driver(info: gpu.DriverInfo, link: LinkState | None, *,
                      "with this toolkit run with a limited feature set (no PTX JIT of newer code)",
                      fix, data)
     return Check("cuda.driver", Status.FAIL,
-                 f"driver {drv} is too old for the linked CUDA {v.short} toolkit (needs >= {need[0]}"
+                 f"driver {drv} is too old for {what_tk} CUDA {v.short} toolkit (needs >= {need[0]}"
                  + (f"; {v.major}.x needs at least {family[0]}" if family else "") + ")",
                  fix, data)
 
 
-def _older_toolkit(drv: Any, current: CudaVersion, root: Path, environ: Mapping[str, str]) -> str | None:
-    from provisioner import compat, cuda
+def _older_toolkit(drv: Any, current: CudaVersion, facts: Facts) -> str | None:
+    from provisioner import compat
 
-    try:
-        installed = cuda.toolkits(root, environ)
-    except ProvisionError:
-        return None
     fits = []
-    for t in installed:
+    for t in facts.cuda.toolkits if facts.cuda is not None else ():
         if t.version is None or not t.complete or t.version == current:
             continue
         need = compat.toolkit_min_driver(t.version)
@@ -533,6 +442,9 @@ def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Pr
                 *(Check(i, Status.SKIP, "the environment's Python did not run", None, {}) for i in ids)]
     py = probe.get("python") or {}
     pkgs: Mapping[str, str | None] = probe.get("packages") or {}
+    if probe.get("partial"):
+        # What a paste shows of an environment: judge what is there, leave the rest unjudged.
+        return _check_pasted_env(probe, pkgs, info, ctx)
     checks = [Check("env.python", Status.OK, f"Python {py.get('version', '?')} in {where}", None,
                     {"python": py, "prefix": str(ctx.target.prefix) if ctx.target else py.get("prefix"),
                      "kind": ctx.target.kind if ctx.target else None,
@@ -543,6 +455,41 @@ def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Pr
     checks.append(_check_torch_arch(torch, info, ctx))
     checks.append(_check_packages(pkgs, ctx))
     checks.append(_check_bnb(pkgs, torch, probe.get("bitsandbytes"), info, ctx))
+    return checks
+
+
+def _check_pasted_env(probe: Mapping[str, Any], pkgs: Mapping[str, str | None], info: gpu.DriverInfo,
+                      ctx: EnvContext) -> list[Check]:
+    """env.* for an environment known only from pasted text (pip list, collect_env, ...).
+
+    A package the paste does not list is unknown, not missing; torch is judged when the paste
+    shows its build (a +cuXYZ/+cpu label, collect_env's "CUDA used to build PyTorch").
+    """
+    torch: Mapping[str, Any] = probe.get("torch") or {}
+    checks: list[Check] = []
+    version = pkgs.get("torch") or torch.get("version")
+    if version is None:
+        checks.append(Check("env.torch", Status.SKIP, "the paste does not show torch", None, {}))
+    elif not torch.get("build"):
+        checks.append(Check("env.torch", Status.SKIP,
+                            f"torch {version}: the paste does not show which build (CUDA or CPU)", None,
+                            {"version": version}))
+    else:
+        checks.append(_check_torch(pkgs, torch, ctx, None))
+        checks.append(_check_torch_cuda(torch, info, ctx))
+    installed = {k: v for k, v in pkgs.items() if v}
+    if ctx.profile is not None and installed:
+        problems = ctx.profile.check_versions(installed)
+        shown = ", ".join(f"{n} {v}" for n, v in installed.items())
+        if problems:
+            checks.append(Check("env.packages", Status.WARN,
+                                f"against profile {ctx.profile.name}: " + "; ".join(problems),
+                                _provision(ctx.root, f"env create --profile {ctx.profile.name}"),
+                                {"profile": ctx.profile.name, "installed": installed, "problems": problems}))
+        else:
+            checks.append(Check("env.packages", Status.OK,
+                                f"{shown} within profile {ctx.profile.name}'s ranges", None,
+                                {"profile": ctx.profile.name, "installed": installed}))
     return checks
 
 
@@ -563,8 +510,9 @@ def _check_torch(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], ctx: 
     build = torch.get("build")
     desc = "CPU-only build" if build == "cpu" else (
         f"CUDA {torch.get('cuda')} build" if build == "cuda" else f"{build} build")
-    return Check("env.torch", Status.OK, f"torch {torch.get('version')} ({desc}), import "
-                 f"{torch.get('import_seconds', '?')} s", None,
+    took = (f", import {torch['import_seconds']} s" if torch.get("import_seconds") is not None
+            else "" if torch.get("pasted") else ", import ? s")
+    return Check("env.torch", Status.OK, f"torch {torch.get('version')} ({desc}){took}", None,
                  {"version": torch.get("version"), "build": build, "cuda": torch.get("cuda"),
                   "import_seconds": torch.get("import_seconds")})
 
@@ -624,7 +572,7 @@ def _check_torch_cuda(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvCo
                      f"torch is built for CUDA {wheel.short} but driver {drv or '?'} supports only up "
                      f"to CUDA {info.cuda.short}: torch cannot use the GPU{suffix}",
                      fix, dict(data, known_message=known_id))
-    if gpus and not torch.get("cuda_available"):
+    if gpus and torch.get("cuda_available") is False:
         suffix, known_fix, known_id = _explain(warnings_text, profile=fixp.name if fixp else None)
         detail = (torch.get("warnings") or [torch.get("cuda_error") or "no reason given"])[0]
         return Check(cid, Status.FAIL,
@@ -742,13 +690,6 @@ def _check_bnb(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], bnb: Ma
 
 # --------------------------------------------------------------------------- putting it together
 
-def _facts_for_choice(facts: Facts) -> Any:
-    from provisioner.choose import MachineFacts
-
-    tk = facts.link.toolkit if facts.link is not None and facts.link.state == "ok" else None
-    return MachineFacts.from_probe(facts.info, tk.version if tk else None)
-
-
 def choose_profiles(facts: Facts, environ: Mapping[str, str],
                     profile_name: str | None) -> tuple[Profile | None, Profile | None, list[Check]]:
     """(profile for the range checks, profile whose commands fix this machine, problems as checks).
@@ -776,7 +717,7 @@ def choose_profiles(facts: Facts, environ: Mapping[str, str],
                 rng = None
         if rng is None:
             rng = all_profiles.get("cpu")
-    machine = _facts_for_choice(facts)
+    machine = facts.machine()
     fix: Profile | None = None
     if rng is not None and profile_name and not choose.profile_problems(rng, machine):
         fix = rng
@@ -802,16 +743,13 @@ def _is_tool_interpreter(facts: Facts) -> bool:
             and (probe.get("packages") or {}).get("torch") is None)
 
 
-def _tool_interpreter_checks(facts: Facts, *, root: Path, environ: Mapping[str, str]) -> list[Check]:
-    from provisioner import env as envmod
-
+def _tool_interpreter_checks(facts: Facts, *, root: Path) -> list[Check]:
     assert facts.target is not None
-    built = [e for e in envmod.list_envs(environ) if e.status == "complete"]
+    built = list(facts.built_envs or ())
     if built:
-        fix = _provision(root, f"verify --env {built[-1].prefix}")
-        known = ", ".join(str(e.prefix) for e in built)
+        fix = _provision(root, f"verify --env {built[-1]}")
         msg = (f"no environment given; provision's own interpreter ({facts.target.prefix}) holds no torch "
-               f"by design. Environments provision built: {known}")
+               f"by design. Environments provision built: {', '.join(built)}")
     else:
         fix = _provision(root, "env create") + "  (or the whole walkthrough: provision up)"
         msg = (f"no environment given; provision's own interpreter ({facts.target.prefix}) holds no torch "
@@ -819,48 +757,53 @@ def _tool_interpreter_checks(facts: Facts, *, root: Path, environ: Mapping[str, 
     return [Check("env", Status.SKIP, msg, fix, {"interpreter": str(facts.target.python)})]
 
 
-def recorded_profile(prefix: Path) -> str | None:
+def recorded_profile(facts: Facts) -> str | None:
     """The profile named in the env's provision record (provision-env.json), if provision built it."""
-    from provisioner import env as envmod
-
-    record = envmod.read_record(prefix) or {}
-    name = record.get("profile")
+    name = (facts.record or {}).get("profile")
     return name if isinstance(name, str) and name else None
 
 
-def evaluate(facts: Facts, *, root: Path, environ: Mapping[str, str],
+def evaluate(facts: Facts, *, root: Path | None = None, environ: Mapping[str, str],
              profile_name: str | None) -> list[Check]:
-    """Judge gathered facts: the full, ordered list of checks."""
+    """Judge the facts: the full, ordered list of checks these facts allow.
+
+    A pure function of the facts (and the profiles): no process, no NVML, no machine file is read
+    here. Facts that were not observed (a paste without an nvidia-smi) leave their checks out.
+    """
     from provisioner import cuda
 
-    if profile_name is None and facts.target is not None:
+    root = Path(facts.root) if root is None else root
+    if profile_name is None:
         # An environment `provision env create` built is judged against the profile it was built from.
-        profile_name = recorded_profile(facts.target.prefix)
+        profile_name = recorded_profile(facts)
     rng, fixp, profile_checks = choose_profiles(facts, environ, profile_name)
     need_gpu = not (profile_name is not None and rng is not None and rng.is_cpu)
-    checks = check_driver(facts.info, root, facts=facts, need_gpu=need_gpu)
-    checks += check_gpus(facts.info)
-    if facts.link_error is not None:
-        checks.append(Check("cuda.link", Status.FAIL, facts.link_error, None, {}))
-    else:
-        checks.append(cuda.check_link(root, environ))
-    checks.append(check_toolkit_driver(facts.info, facts.link, root=root, environ=environ,
-                                       os_id=facts.os_id))
-    checks.append(cuda.check_nvcc_path(root, environ))
+    checks = check_driver(facts, root=root, need_gpu=need_gpu)
+    if facts.info is not None and (facts.info.gpus or facts.gpus_complete):
+        checks += check_gpus(facts.info)
+    if facts.cuda is not None:
+        checks.append(cuda.judge_link(facts.cuda, root))
+    if facts.cuda is not None or facts.toolkit_version:
+        checks.append(check_toolkit_driver(facts, root=root))
+    if facts.cuda is not None:
+        checks.append(cuda.judge_nvcc_path(facts.cuda, root))
     checks += profile_checks
-    if facts.target is None:
-        err = facts.target_error
-        msg = err.message if err else "no environment"
-        checks.append(Check("env.python", Status.FAIL, msg, err.hint if err else None, {}))
+    info = facts.info or gpu.DriverInfo("no-library")
+    if facts.target is None and facts.probe is None:
+        if facts.target_error is not None or facts.origin == "live":
+            checks.append(Check("env.python", Status.FAIL, facts.target_error or "no environment",
+                                facts.target_hint, {}))
+        # else: a paste without any environment facts: no env checks
     elif _is_tool_interpreter(facts):
-        checks += _tool_interpreter_checks(facts, root=root, environ=environ)
+        checks += _tool_interpreter_checks(facts, root=root)
     else:
         ctx = EnvContext(target=facts.target, profile=rng, profile_requested=bool(profile_name),
                          fix_profile=fixp, root=root, os_id=facts.os_id)
-        env_checks = check_env(facts.probe, facts.info, rng, ctx=ctx, probe_error=facts.probe_error)
-        # the probe's wall time (interpreter start included) says where verify's seconds go
-        env_checks[0] = replace(env_checks[0], data=dict(
-            env_checks[0].data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3)))
+        env_checks = check_env(facts.probe, info, rng, ctx=ctx, probe_error=facts.probe_error)
+        if facts.origin != "paste":
+            # the probe's wall time (interpreter start included) says where verify's seconds go
+            env_checks[0] = replace(env_checks[0], data=dict(
+                env_checks[0].data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3)))
         checks += env_checks
     return checks
 
@@ -893,7 +836,7 @@ def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str,
     if prompt:
         kwargs["prompt"] = prompt
     result = smoke.run_smoke(facts.target.python, model, **kwargs)
-    gpus = _gpus(facts.info)
+    gpus = _gpus(facts.info or gpu.DriverInfo("no-library"))
     free = gpus[0].memory_free if gpus else None
     return smoke.check_smoke(
         result, estimate_bytes=smoke.estimate_for(model, quant, environ, max_new_tokens=max_new_tokens),

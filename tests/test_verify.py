@@ -226,9 +226,8 @@ def _ctx(probe: Mapping[str, Any], info: gpu.DriverInfo, python: Path,
          profile: str | None = None) -> verify.EnvContext:
     """The env context verify builds: range profile, fix profile (as evaluate() chooses them)."""
     facts = verify.Facts(info=info, modules=frozenset(), kernel_driver=None, pci_gpus=(), os_id=("ubuntu",),
-                         link=None, link_error=None,
                          target=envtarget.EnvTarget("venv", python.parent.parent, python),
-                         target_error=None, probe=probe, probe_error=None)
+                         probe=probe)
     rng, fixp, _ = verify.choose_profiles(facts, os.environ, profile)
     return verify.EnvContext(target=facts.target, profile=rng, profile_requested=profile is not None,
                              fix_profile=fixp, root=Path("/"), os_id=("ubuntu",))
@@ -546,9 +545,8 @@ def test_smoke_chat_wiring(root: Path, no_driver_environ: dict[str, str], bare_e
     assert (smoke["status"], smoke["message"]) == ("skip", "smoke chat not run: env.torch failed")
 
     facts = verify.Facts(info=gpu.DriverInfo("no-library"), modules=None, kernel_driver=None, pci_gpus=(),
-                         os_id=(), link=None, link_error=None,
                          target=envtarget.EnvTarget("venv", chat_env_python.parent.parent, chat_env_python),
-                         target_error=None, probe=chat_probe, probe_error=None)
+                         probe=chat_probe)
     (check,) = verify.smoke_checks(facts, [], environ=no_driver_environ, model=str(tmp_path / "no-model"),
                                    quant="nf4", prompt=None, max_new_tokens=8, trust_remote_code=False)
     assert (check.id, check.status) == ("smoke.load", Status.FAIL)

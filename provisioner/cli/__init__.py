@@ -24,6 +24,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "cuda": ("provisioner.cli.cuda",
              "List, switch, roll back and install CUDA toolkits (/usr/local/cuda-X.Y)."),
     "doctor": ("provisioner.cli.verify", "Alias of `provision verify`."),
+    "explain": ("provisioner.cli.explain",
+                "Explain a paste: nvidia-smi, nvcc --version, pip/conda lists, collect_env, errors, a report."),
     "env": ("provisioner.cli.env",
             "Build, list, export and remove the torch + bitsandbytes environments provision creates."),
     "model": ("provisioner.cli.model",

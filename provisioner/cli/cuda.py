@@ -44,8 +44,9 @@ def cuda_list(app: App) -> None:
 @pass_app
 def cuda_current(app: App) -> None:
     """Where /usr/local/cuda points, what its nvcc reports, and whether PATH's nvcc is that one."""
-    link = cuda.read_link(app.root, app.environ)
-    checks = [cuda.check_link(app.root, app.environ), cuda.check_nvcc_path(app.root, app.environ)]
+    facts = cuda.gather(app.root, app.environ)
+    link = facts.link if facts.link is not None else cuda.read_link(app.root, app.environ)
+    checks = [cuda.judge_link(facts, app.root), cuda.judge_nvcc_path(facts, app.root)]
     if app.json:
         app.emit_json(to_document(checks, link=link.to_dict()))
     else:
