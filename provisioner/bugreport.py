@@ -69,7 +69,7 @@ def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
     def environment() -> dict[str, Any]:
         target = facts.target
         if target is None:
-            raise facts.target_error or ProvisionError("no environment")
+            raise ProvisionError(facts.target_error or "no environment", hint=facts.target_hint)
         out: dict[str, Any] = {"prefix": str(target.prefix), "kind": target.kind,
                                "python": str(target.python)}
         try:

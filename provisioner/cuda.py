@@ -628,8 +628,10 @@ def judge_nvcc_path(cf: CudaFacts, root: Path = Path("/")) -> Check:
 def _install_hint(version: CudaVersion, root: Path) -> str:
     if version.major >= 13:
         return f"install it with `{command_line(root, f'cuda install {version.short}')}`"
-    from provisioner.cuda_install import repository_command  # the per-distro commands live there
-    return f"install it from NVIDIA's CUDA repository: {repository_command(version, root)}"
+    from provisioner import distro
+
+    steps = distro.cuda_repository_steps(version, root) + f"; then `{command_line(root, f'cuda switch {version.short}')}`"
+    return f"install it from NVIDIA's CUDA repository: {steps}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner import proc
+from provisioner import distro, proc
 from provisioner.cuda import (LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
                              writable)
 from provisioner.errors import CommandError, PermissionDenied, ProvisionError, UsageError
@@ -33,42 +33,9 @@ _COMPONENTS = {"nvidia_cuda_nvcc": "cuda_nvcc", "nvidia_cuda_runtime": "cuda_cud
                "nvidia_cuda_crt": "cuda_crt", "nvidia_nvvm": "libnvvm", "nvidia_cuda_cccl": "cuda_cccl"}
 
 
-def _os_release(root: Path) -> dict[str, str]:
-    data: dict[str, str] = {}
-    for name in ("etc/os-release", "usr/lib/os-release"):
-        path = root / name
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    data[key.strip()] = value.strip().strip('"')
-            break
-    return data
-
-
 def repository_command(version: CudaVersion, root: Path) -> str:
     """How to install CUDA `version` from NVIDIA's own packages on the distribution under root."""
-    pkg = f"cuda-toolkit-{version.major}-{version.minor}"
-    release = _os_release(root)
-    ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
-    distro = release.get("ID", "") + release.get("VERSION_ID", "").replace(".", "")
-    then = f"; then `{command_line(root, f'cuda switch {version.short}')}`"
-    if ids & {"ubuntu", "debian"}:
-        return ("add NVIDIA's CUDA apt repository (the `cuda-keyring` package for "
-                f"{distro or 'your release'} "
-                f"from NVIDIA's CUDA downloads page), then "
-                f"`sudo apt-get update && sudo apt-get install -y {pkg}`{then}")
-    if ids & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
-        return (f"add NVIDIA's CUDA repository for {distro or 'your release'} "
-                f"(`sudo dnf config-manager --add-repo` with the .repo file from NVIDIA's CUDA downloads "
-                f"page), then `sudo dnf install -y {pkg}`{then}")
-    if ids & {"sles", "opensuse", "suse"}:
-        return (f"add NVIDIA's CUDA repository for {distro or 'your release'} (`sudo zypper addrepo` with "
-                f"the .repo file from NVIDIA's CUDA downloads page), then "
-                f"`sudo zypper install -y {pkg}`{then}")
-    return (f"download NVIDIA's CUDA {version.short} runfile from its CUDA downloads page and run "
-            f"`sudo sh cuda_{version.short}.*_linux.run --silent --toolkit "
-            f"--installpath={LOCAL}/cuda-{version.short}`{then}")
+    return distro.cuda_repository_steps(version, root) + f"; then `{command_line(root, f'cuda switch {version.short}')}`"
 
 
 def requirements(version: CudaVersion) -> tuple[str, ...]:

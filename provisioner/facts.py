@@ -142,25 +142,10 @@ class Facts:
 # --------------------------------------------------------------------------- live
 
 def os_ids(root: Path) -> tuple[str, ...]:
-    """`ID` then the `ID_LIKE` words of os-release ("ubuntu", "debian"); empty if unknown.
+    """`ID` then the `ID_LIKE` words of the distribution under root (distro.os_ids)."""
+    from provisioner import distro
 
-    Read from <root>/etc/os-release, else <root>/usr/lib/os-release (os-release(5)).
-    """
-    text = None
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            text = (root / rel).read_text()
-            break
-        except OSError:
-            continue
-    if text is None:
-        return ()
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip("\"'")
-    return tuple(w.lower() for w in [values.get("ID", "")] + values.get("ID_LIKE", "").split() if w)
+    return distro.os_ids(root)
 
 
 def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:

@@ -584,9 +584,10 @@ def _check_torch_cuda(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvCo
         return Check(cid, Status.FAIL, f"a CUDA kernel failed to run: {err}{suffix}",
                      known_fix or fix, dict(data, known_message=known_id))
     n = torch.get("device_count") or 0
+    seen = "" if torch.get("pasted") else f"; {n} device(s) visible to torch"
     return Check(cid, Status.OK,
-                 f"CUDA {wheel.short} build; the driver supports CUDA {info.cuda.short if info.cuda else '?'};"
-                 f" {n} device(s) visible to torch", None, data)
+                 f"CUDA {wheel.short} build; the driver supports CUDA {info.cuda.short if info.cuda else '?'}"
+                 + seen, None, data)
 
 
 def _check_torch_arch(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvContext) -> Check:

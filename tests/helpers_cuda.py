@@ -24,7 +24,9 @@ PATCHES = {"11.8": 89, "12.1": 105, "12.4": 131, "12.5": 82, "12.6": 85, "12.8":
 FAKE_NVCC = """#!/bin/sh
 # Fake nvcc {full}: stands in for NVIDIA's nvcc because CUDA 12.x/11.x nvcc cannot be installed on
 # the test machine (no wheel carries it). Only --version is implemented, with the real output format.
-# Shell builtins only, so it runs under any PATH a test sets.
+# Shell builtins only, so it runs under any PATH a test sets. NVCC_CALL_LOG, when set, gets one
+# line per call (tests count how often provision runs nvcc).
+if [ -n "$NVCC_CALL_LOG" ]; then echo "$0 $*" >> "$NVCC_CALL_LOG"; fi
 if [ "$1" = "--version" ]; then
   printf '%s\n' "nvcc: NVIDIA (R) Cuda compiler driver" \
     "Copyright (c) 2005-2024 NVIDIA Corporation" \

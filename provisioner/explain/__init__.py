@@ -218,7 +218,7 @@ def paste_facts(docs: Sequence[text.Doc]) -> tuple[Facts, list[Reading], list[st
     info, complete = _driver_info(smis, envs, found)
     toolkit = next((n.version for n in nvccs if n.version), None) or next(
         (e.toolkit for e in envs if e.toolkit), None)
-    sources = {}
+    sources: dict[str, str] = {}
     for r in readings:
         sources.setdefault(r.fact, f"{r.where()}: {r.text}")
     facts = Facts(origin="paste", info=info, gpus_complete=complete, toolkit_version=toolkit,
@@ -361,8 +361,8 @@ def explain(inputs: Sequence[tuple[str, str | bytes]], *, environ: Mapping[str, 
                                    torch_cuda=torch_cuda, gpu_total_gib=total)
     steps = []
     if facts.info is not None and facts.info.status == "ok" and profile:
-        steps.append(f"newest bundled profile this driver and GPU run: {profile} "
-                     f"(provision env create --profile {profile})")
+        what = "this driver and GPU run" if facts.info.gpus else "this driver runs"
+        steps.append(f"newest bundled profile {what}: {profile} (provision env create --profile {profile})")
     steps += _fits(facts, environ)
     return Explanation(facts=facts, readings=readings, checks=checks, causes=found, unread=unread,
                        next_steps=steps, read_anything=has_facts or bool(found))

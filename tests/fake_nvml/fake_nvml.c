@@ -15,6 +15,7 @@
  * System-wide knobs:
  *   FAKE_NVML_INIT_RC          nvmlInit* return code (9 DRIVER_NOT_LOADED, 18 LIB_RM_VERSION_MISMATCH, 999 UNKNOWN)
  *   FAKE_NVML_INIT_DELAY_MS    nvmlInit* sleeps this long first (a wedged driver)
+ *   FAKE_NVML_INIT_LOG         append one line per nvmlInit* call to this file (tests count NVML probes)
  *   FAKE_NVML_DRIVER_VERSION   "575.57.08"
  *   FAKE_NVML_CUDA_VERSION     1000*major + 10*minor, e.g. 12090 for 12.9
  *   FAKE_NVML_CUDA_V2_RC       return code of nvmlSystemGetCudaDriverVersion_v2 (12 LIBRARY_NOT_FOUND:
@@ -132,6 +133,11 @@ static nvmlReturn_t copy_str(char *buf, unsigned len, const char *s) {
 /* ---- init / shutdown / errors ---- */
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
+    const char *log = getenv("FAKE_NVML_INIT_LOG");
+    if (log && *log) {
+        FILE *f = fopen(log, "a");
+        if (f) { fputs("nvmlInit\n", f); fclose(f); }
+    }
     unsigned long long delay = env_u("FAKE_NVML_INIT_DELAY_MS", 0);
     if (delay) usleep((useconds_t)(delay * 1000));
     int rc = (int)env_u("FAKE_NVML_INIT_RC", 0);
