@@ -257,3 +257,12 @@ def test_a_table_reads_the_same_however_it_was_pasted(path: Path) -> None:
     }
     for name, variant in variants.items():
         assert _smi_facts(variant) == want, name
+
+
+def test_a_flash_attn_loader_error_is_not_called_a_bitsandbytes_problem(environ: dict[str, str]) -> None:
+    paste = next(p for p in (CORPUS / "errors").glob("*flash*attn*") if "libcudart.so.12" in p.read_text())
+    doc = json.loads(run(["explain", "--json", str(paste)], environ).stdout)
+    (cause,) = [c for c in doc["causes"] if c["id"] == "cuda-runtime-missing"]
+    assert cause["values"]["package"] == "flash_attn" and cause["values"]["library"] == "libcudart.so.12"
+    assert "flash-attn" in cause["fix"] and "bitsandbytes" not in cause["fix"]
+    assert not any(c["id"].startswith("bnb-") for c in doc["causes"])
