@@ -120,7 +120,7 @@ cat > "$WORK/smoke_report.py" <<'EOF'
 """Run one smoke chat through provision and print + save its verdicts with the GPU comparisons."""
 import json, os, sys
 from pathlib import Path
-from provisioner import smoke
+from provisioner.model import smoke
 from provisioner.report import render_checks, to_document
 
 python, model, quant, label, out_dir, prompt = sys.argv[1:7]

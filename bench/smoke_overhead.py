@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from provisioner import smoke  # noqa: E402 - the repo's own package, found through the line above
+from provisioner.model import smoke  # noqa: E402 - the repo's own package, found through the line above
 
 CACHE = Path(os.environ.get("PROVISION_TEST_CACHE", REPO / ".cache" / "tests"))
 PLAIN = Path(__file__).resolve().parent / "walkthrough_chat.py"

@@ -22,9 +22,10 @@ ENV_VARS = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_D
 def collect(*, root: Path, environ: Mapping[str, str], env_target: str | None,
             profile_name: str | None) -> dict[str, Any]:
     """Gather the facts; each section records its own error instead of stopping the report."""
-    from provisioner import smoke, up, verify
+    from provisioner import up, verify
+    from provisioner.model import smoke
     from provisioner import env as envmod
-    from provisioner import lock as lockmod
+    from provisioner.env import lock as lockmod
 
     doc: dict[str, Any] = {
         "version": 1,

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner import gpu
-from provisioner.envtarget import EnvTarget
+from provisioner.system import gpu
+from provisioner.env.target import EnvTarget
 from provisioner.errors import ProvisionError
 
 if TYPE_CHECKING:
-    from provisioner.choose import MachineFacts
+    from provisioner.env.choose import MachineFacts
     from provisioner.cuda import CudaFacts
 
 #: Version of the `facts` document (in `provision report --json` and `provision explain --json`).
@@ -68,7 +68,7 @@ class Facts:
 
     def machine(self) -> MachineFacts:
         """The view the profile choice takes (driver, GPUs' compute capabilities, linked toolkit)."""
-        from provisioner.choose import MachineFacts
+        from provisioner.env.choose import MachineFacts
         from provisioner.versions import CudaVersion
 
         tk = self.linked_toolkit
@@ -143,14 +143,16 @@ class Facts:
 
 def os_ids(root: Path) -> tuple[str, ...]:
     """`ID` then the `ID_LIKE` words of the distribution under root (distro.os_ids)."""
-    from provisioner import distro
+    from provisioner.system import distro
 
     return distro.os_ids(root)
 
 
 def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:
     """Read this machine once: NVML (a child process), kernel modules, toolkits and the link, the env."""
-    from provisioner import cuda, envprobe, envtarget
+    from provisioner import cuda
+    from provisioner.env import probe as envprobe
+    from provisioner.env import target as envtarget
 
     timings: dict[str, float] = {}
     t = time.monotonic()

@@ -109,3 +109,11 @@ def match(text: str | None) -> KnownMessage | None:
         if known.matches(text):
             return known
     return None
+
+
+def explain(text: str | None, **values: str | None) -> tuple[str, str | None, str | None]:
+    """(" (cause: ...)" suffix, the known fix, the known message id) for an error text."""
+    known = match(text)
+    if known is None:
+        return "", None, None
+    return f" (cause: {known.cause})", known.fix_with(**values), known.id

@@ -238,7 +238,7 @@ class Up:
         return StageFailed(message, hint=hint)
 
     def stage_diagnose(self) -> StageOutcome:
-        from provisioner import choose
+        from provisioner.env import choose
 
         facts = choose.gather_facts(self.root, self.environ)
         self.ctx["facts"] = facts
@@ -252,7 +252,8 @@ class Up:
         return StageOutcome("diagnose", "done", msg, {"facts": choose.facts_to_dict(facts)})
 
     def stage_profile(self) -> StageOutcome:
-        from provisioner import choose, profiles
+        from provisioner import profiles
+        from provisioner.env import choose
         from provisioner.versions import CudaVersion
 
         cuda = CudaVersion.parse(self.o.cuda) if self.o.cuda else None
@@ -342,7 +343,8 @@ class Up:
         return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
 
     def stage_fit(self) -> StageOutcome:
-        from provisioner import fit, modelinfo
+        from provisioner.model import fit
+        from provisioner.model import info as modelinfo
 
         spec = modelinfo.resolve(self.o.model, environ=self.environ)
         memory = fit.gpu_memory(self.o.gpu_memory or "auto", environ=self.environ,
@@ -377,7 +379,7 @@ class Up:
                              "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
 
     def stage_download(self) -> StageOutcome:
-        from provisioner import download
+        from provisioner.model import download
 
         if is_local_model(self.o.model):
             path = Path(self.o.model).expanduser().resolve()
@@ -402,7 +404,7 @@ class Up:
         return StageOutcome("download", "ran", f"{self.o.model} -> {path} ({gib(size)})", {"path": str(path)})
 
     def stage_smoke(self) -> StageOutcome:
-        from provisioner import smoke
+        from provisioner.model import smoke
 
         env = self.ctx["env"]
         model_path = self.ctx["model_path"]

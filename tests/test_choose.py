@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from provisioner import choose, profiles
-from provisioner.choose import GpuFact, MachineFacts
+from provisioner import profiles
+from provisioner.env import choose
+from provisioner.env.choose import GpuFact, MachineFacts
 from provisioner.cli import main
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.versions import CudaVersion, DriverVersion

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner import compat
+from provisioner.system import compat
 from provisioner.versions import CudaVersion, DriverVersion
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import cuda, cuda_install
+from provisioner import cuda
+from provisioner.cuda import install as cuda_install
 from provisioner.versions import CudaVersion
 from tests.fixtures_cuda import WHEEL_CACHE, RealToolkits
 from tests.helpers_cuda import cli, provision_argv, unprivileged

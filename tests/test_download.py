@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from provisioner import download, units
+from provisioner import units
+from provisioner.model import download
 from provisioner.cli import main
-from provisioner.download import Endpoint, RepoFile
+from provisioner.model.download import Endpoint, RepoFile
 from provisioner.errors import ProvisionError, UsageError
 from tests.hubserver import HubServer, Repo, free_port
 

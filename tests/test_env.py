@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from provisioner import env as envmod
-from provisioner.choose import MachineFacts
+from provisioner.env.choose import MachineFacts
 from provisioner.cli import main
 from provisioner.errors import ProvisionError, UsageError
 from tests.fixtures_env import CondaStandin, isolated_environ
@@ -274,8 +274,8 @@ def test_list_remove_export(tmp_path: Path) -> None:
     data = Path(os.environ["XDG_DATA_HOME"]) / "provision" / "envs"
     done = fake_env(data / "llm")
     half = fake_env(tmp_path / "half", status="building", profile="cu126")
-    envmod._update_registry(os.environ, half, {"name": "half", "backend": "venv"})
-    envmod._update_registry(os.environ, tmp_path / "gone", {"name": "gone", "backend": "venv"})
+    envmod.update_registry(os.environ, half, {"name": "half", "backend": "venv"})
+    envmod.update_registry(os.environ, tmp_path / "gone", {"name": "gone", "backend": "venv"})
 
     result = invoke(["env", "list", "--json"])
     assert result.exit_code == 0
@@ -385,7 +385,7 @@ def test_long_steps_get_a_spinner_on_a_terminal(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_export_writes_the_lock_and_reports_it_as_json(tmp_path: Path) -> None:
-    from provisioner import lock as lockmod
+    from provisioner.env import lock as lockmod
     from provisioner import profiles
 
     prefix = fake_env(tmp_path / "env")

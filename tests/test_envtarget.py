@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import envtarget
+from provisioner.env import target as envtarget
 from provisioner.errors import ProvisionError
 
 

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from provisioner import fit, modelinfo
+from provisioner.model import fit
+from provisioner.model import info as modelinfo
 from provisioner.cli import main
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.modelinfo import ModelSpec
+from provisioner.model.info import ModelSpec
 from tests.fixtures_model import TINY_CONFIGS
 from tests.fixtures_nvml import GIB, FakeGpu, FakeMachine
 from tests.hubserver import HubServer, Repo, tiny_tensors
 
-FOOTPRINT = Path(modelinfo.__file__).parent / "scripts" / "footprint.py"
+FOOTPRINT = Path(modelinfo.__file__).parent.parent / "scripts" / "footprint.py"
 QUANTS = ("fp32", "bf16", "int8", "nf4", "nf4-dq")
 
 # ---------------------------------------------------------------------------- the Qwen table

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import gpu
+from provisioner.system import gpu
 from provisioner.versions import CudaVersion, DriverVersion
 from tests.fixtures_nvml import GIB, H100, FakeGpu, FakeMachine, FakeProcess, MachineFactory
 

@@ -23,9 +23,10 @@ def _imports(path: Path, mods: dict[str, Path]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("provisioner"):
-            if node.module in mods:
-                found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods}
+            submodules = {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods}
+            found |= submodules
+            if node.module in mods and len(submodules) < len(node.names):
+                found.add(node.module)     # names from the package (or module) itself
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name in mods}
     return found

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import lock, profiles
-from provisioner.choose import GpuFact, MachineFacts
+from provisioner import profiles
+from provisioner.env import lock
+from provisioner.env.choose import GpuFact, MachineFacts
 from provisioner.errors import ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 

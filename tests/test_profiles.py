@@ -12,7 +12,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from provisioner import compat, profiles
+from provisioner import profiles
+from provisioner.system import compat
 from provisioner.cli import main
 from provisioner.errors import UsageError
 from provisioner.profiles import FACT_KEYS, InvalidProfile, Profile

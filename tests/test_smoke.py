@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import smoke
+from provisioner.model import smoke
 from provisioner.errors import ProvisionError
 from provisioner.report import Status, render_checks
-from provisioner.smoke import SmokeResult, check_smoke, run_smoke
+from provisioner.model.smoke import SmokeResult, check_smoke, run_smoke
 from tests.conftest import CACHE
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2"

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from provisioner import envtarget, gpu, known_messages, profiles, verify
+from provisioner import known_messages, profiles, verify
+from provisioner.env import checks as env_checks
+from provisioner.env import target as envtarget
+from provisioner.system import gpu
 from provisioner.cli import main
 from provisioner.report import Check, Status
 from tests.fixtures_env import BuiltEnv, run_provision
@@ -116,7 +119,7 @@ def test_probe_survives_a_crashing_import(tmp_path: Path, bare_env_python: Path)
     report, problem = verify.probe_env(target, dict(os.environ))
     assert report is not None and report["packages"]["torch"] == "2.13.0"
     assert problem is not None and "killed by signal 9" in problem
-    checks = by_id(verify.check_env(report, gpu.DriverInfo("no-library"), None,
+    checks = by_id(env_checks.check_env(report, gpu.DriverInfo("no-library"), None,
                                     probe_error=problem))
     assert checks["env.torch"].status is Status.FAIL
     assert "killed by signal 9" in checks["env.torch"].message
@@ -223,20 +226,20 @@ def _info(fake_machine: MachineFactory, machine: FakeMachine | None = None, **kw
 
 
 def _ctx(probe: Mapping[str, Any], info: gpu.DriverInfo, python: Path,
-         profile: str | None = None) -> verify.EnvContext:
+         profile: str | None = None) -> env_checks.EnvContext:
     """The env context verify builds: range profile, fix profile (as evaluate() chooses them)."""
     facts = verify.Facts(info=info, modules=frozenset(), kernel_driver=None, pci_gpus=(), os_id=("ubuntu",),
                          target=envtarget.EnvTarget("venv", python.parent.parent, python),
                          probe=probe)
     rng, fixp, _ = verify.choose_profiles(facts, os.environ, profile)
-    return verify.EnvContext(target=facts.target, profile=rng, profile_requested=profile is not None,
+    return env_checks.EnvContext(target=facts.target, profile=rng, profile_requested=profile is not None,
                              fix_profile=fixp, root=Path("/"), os_id=("ubuntu",))
 
 
 def _env_checks(probe: Mapping[str, Any], info: gpu.DriverInfo, python: Path,
                 profile: str | None = None) -> dict[str, Check]:
     ctx = _ctx(probe, info, python, profile)
-    return by_id(verify.check_env(probe, info, ctx.profile, ctx=ctx))
+    return by_id(env_checks.check_env(probe, info, ctx.profile, ctx=ctx))
 
 
 def _cuda_torch(probe: Mapping[str, Any], cuda: str, archs: list[str], *, available: bool,
@@ -357,7 +360,7 @@ def test_gpu_arch_covered(chat_probe: dict[str, Any], chat_env_python: Path, fak
     pytest.param(["sm_90"], (10, 0), False, id="other-major"),
 ])
 def test_arch_supported(archs: list[str], cc: tuple[int, int], ok: bool) -> None:
-    assert verify.arch_supported(archs, cc) is ok
+    assert env_checks.arch_supported(archs, cc) is ok
 
 
 def test_bnb_without_cuda_library(chat_probe: dict[str, Any], chat_env_python: Path,

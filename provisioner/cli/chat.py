@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from provisioner import smoke
+from provisioner.model import smoke
 from provisioner.cli.app import App, pass_app
 from provisioner.errors import ProvisionError, UsageError
 
@@ -61,7 +61,8 @@ def chat(app: App, model: str | None, env: str | None, quant: str | None, max_ne
     With stdin not a terminal, reads one prompt from it and prints the reply. With no MODEL, --env
     or --quant, the ones the last `provision up` set up are used.
     """
-    from provisioner import envtarget, up
+    from provisioner import up
+    from provisioner.env import target as envtarget
 
     last = up.last_setup(app.environ)
     model = model or last.get("model") or smoke.DEFAULT_MODEL
@@ -85,7 +86,7 @@ def _default_env(app: App, last: dict[str, str]) -> str | None:
     is never the one meant, so then the environment `up` built, or an error saying how to get one."""
     import importlib.metadata
 
-    from provisioner import envtarget
+    from provisioner.env import target as envtarget
 
     target = envtarget.resolve(None, app.environ)
     if target.kind != "current":

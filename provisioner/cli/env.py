@@ -158,7 +158,7 @@ def env_export(app: App, target: str | None, prefix: Path | None, output: Path |
     import json
 
     from provisioner import env as envmod
-    from provisioner import lock as lockmod
+    from provisioner.env import lock as lockmod
     from provisioner.errors import ProvisionError, UsageError
 
     if target and prefix:

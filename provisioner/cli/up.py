@@ -72,7 +72,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
             raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
                              hint=f"known profiles: {', '.join(known)}; or use --profile auto")
     if model is None:
-        from provisioner import smoke
+        from provisioner.model import smoke
 
         model = smoke.DEFAULT_MODEL
     opts = up.UpOptions(model=model, profile=profile, cuda=cuda, name=name, prefix=prefix, quant=quant,

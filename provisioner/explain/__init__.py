@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner import gpu
+from provisioner.system import gpu
 from provisioner.errors import ProvisionError
 from provisioner.explain import causes as causes_mod
 from provisioner.explain import nvcc as nvcc_mod
@@ -130,7 +130,7 @@ def _driver_info(smis: Sequence[smi_mod.Smi], envs: Sequence[pyenv_mod.PyEnv],
         for g in smi.gpus:
             total = g["memory_total_mib"] * MIB if g["memory_total_mib"] is not None else None
             used = g["memory_used_mib"] * MIB if g["memory_used_mib"] is not None else None
-            from provisioner import gpuarch
+            from provisioner.system import gpuarch
 
             gpus.append(gpu.GpuInfo(
                 index=g["index"], name=g["name"], cc=gpuarch.compute_capability(g["name"]),
@@ -140,7 +140,7 @@ def _driver_info(smis: Sequence[smi_mod.Smi], envs: Sequence[pyenv_mod.PyEnv],
                 errors={"processes.compute": "not in the paste", "bus_width_bits": "not in the paste"}))
     else:
         names = next((e.gpus for e in envs if e.gpus), [])
-        from provisioner import gpuarch
+        from provisioner.system import gpuarch
 
         gpus = [gpu.GpuInfo(index=i, name=n, cc=gpuarch.compute_capability(n), processes=None,
                             errors={"memory": "not in the paste", "processes.compute": "not in the paste"})
@@ -240,7 +240,8 @@ def _choice(facts: Facts, environ: Mapping[str, str], *, sm: str | None = None) 
     """The newest bundled profile these facts allow (a GPU named only by an sm_XX counts too)."""
     from dataclasses import replace as dc_replace
 
-    from provisioner import choose, profiles
+    from provisioner import profiles
+    from provisioner.env import choose
 
     machine = facts.machine()
     if sm is not None:
@@ -296,12 +297,15 @@ def _driver_fix(facts: Facts, environ: Mapping[str, str]) -> str:
         floor = profiles.get("cu126", environ).driver_min
     except ProvisionError:
         floor = None
-    return verify.driver_install_fix(facts.os_id, at_least=str(floor) if floor else None)
+    from provisioner.system.checks import driver_install_fix
+
+    return driver_install_fix(facts.os_id, at_least=str(floor) if floor else None)
 
 
 def _fits(facts: Facts, environ: Mapping[str, str]) -> list[str]:
     """Which current Qwen chat models fit each pasted GPU, at which precision (model fit's arithmetic)."""
-    from provisioner import fit, modelinfo
+    from provisioner.model import fit
+    from provisioner.model import info as modelinfo
 
     info = facts.info
     if info is None or info.status != "ok":

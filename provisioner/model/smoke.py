@@ -16,7 +16,7 @@ from provisioner.errors import CommandError, ProvisionError
 from provisioner.report import Check, Status
 from provisioner.units import human_bytes
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parent.parent / "scripts"
 SMOKE_SCRIPT = SCRIPTS / "smoke_chat.py"
 #: A current Qwen chat model small enough for any GPU with 4 GB (about 1.2 GiB in nf4).
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
@@ -272,7 +272,8 @@ def estimate_for(model: str, quant: str, environ: Mapping[str, str], *,
                  max_new_tokens: int = 64) -> int | None:
     """`model fit`'s total bytes for `model` at `quant` and the smoke chat's context; None if unknown."""
     try:
-        from provisioner import fit, modelinfo
+        from provisioner.model import fit
+        from provisioner.model import info as modelinfo
 
         spec = modelinfo.resolve(model, environ=environ)
         option = fit.estimate(spec, FIT_QUANT.get(quant, quant),

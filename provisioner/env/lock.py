@@ -20,7 +20,7 @@ from provisioner.errors import ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 
 if TYPE_CHECKING:
-    from provisioner.choose import MachineFacts
+    from provisioner.env.choose import MachineFacts
     from provisioner.profiles import Profile
 
 LOCK_NAME = "provision.lock.json"
@@ -273,6 +273,6 @@ def _get(doc: Mapping[str, Any], dotted: str) -> Any:
 
 def check_runnable(lock: Lock, facts: MachineFacts) -> list[str]:
     """Why this machine cannot run what the lock describes (empty: it can)."""
-    from provisioner.choose import profile_problems
+    from provisioner.env.choose import profile_problems
 
     return profile_problems(lock.as_profile(), facts)

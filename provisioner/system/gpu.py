@@ -154,11 +154,11 @@ def probe(environ: Mapping[str, str], timeout: float = 30) -> DriverInfo:
 
     env = dict(environ)
     # The child must import this package even when the tool runs from a source checkout.
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     start = time.monotonic()
     try:
-        done = proc.run([sys.executable, "-m", "provisioner.gpu"], env=env, timeout=timeout,
+        done = proc.run([sys.executable, "-m", "provisioner.system.gpu"], env=env, timeout=timeout,
                         check=False)
     except CommandError as e:
         return DriverInfo(status="error", error=f"the NVML query did not finish: {e.message}",
@@ -222,7 +222,7 @@ def nvidia_pci_devices(root: Path) -> list[str]:
     return found
 
 
-# ---- the child side: runs as `python -m provisioner.gpu`, prints one JSON object ----
+# ---- the child side: runs as `python -m provisioner.system.gpu`, prints one JSON object ----
 
 def _field(errors: dict[str, str], key: str, fn: Callable[..., T], *args: Any) -> T | None:
     """Call one NVML query; a failure (NVMLError, NVMLLibraryMismatchError, ...) is recorded, not raised."""

@@ -17,7 +17,7 @@ import yaml
 
 from provisioner.errors import ProvisionError, UsageError
 
-TABLE_PATH = Path(__file__).parent / "data" / "qwen-models.yaml"
+TABLE_PATH = Path(__file__).parent.parent / "data" / "qwen-models.yaml"
 
 #: safetensors dtype names -> torch names (https://huggingface.co/docs/safetensors, "Format").
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -334,7 +334,7 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
         raise UsageError(f"model folder {model} does not exist",
                          hint="pass an existing folder holding config.json, a hub id or a built-in name")
 
-    from provisioner import download
+    from provisioner.model import download
 
     if _HUB_ID.match(model):
         snapshot = download.find_cached_snapshot(model, revision=revision, environ=environ)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import proc
-from provisioner.envtarget import EnvTarget
+from provisioner.env.target import EnvTarget
 from provisioner.errors import CommandError
 
-PROBE_SCRIPT = Path(__file__).parent / "scripts" / "probe_env.py"
+PROBE_SCRIPT = Path(__file__).parent.parent / "scripts" / "probe_env.py"
 #: Importing torch takes seconds, initialising CUDA on a big GPU more; a JIT of PTX can take minutes.
 PROBE_TIMEOUT = 300
 

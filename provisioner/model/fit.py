@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import UsageError
-from provisioner.modelinfo import ModelSpec
+from provisioner.model.info import ModelSpec
 from provisioner.report import Check, Status
 from provisioner.units import GiB, gib
 
 if TYPE_CHECKING:
-    from provisioner.gpu import DriverInfo
+    from provisioner.system.gpu import DriverInfo
 
 MiB = 1 << 20
 CUDA_CONTEXT_BYTES = 457 * MiB
@@ -232,7 +232,7 @@ def _advice(spec: ModelSpec, options: Sequence[FitOption], *, gpu_free_bytes: in
     short = smallest.total_bytes - gpu_free_bytes
     text = (f"even {smallest.quant} needs {gib(smallest.total_bytes)} at {context} tokens, "
             f"{gib(short)} more than the {gib(gpu_free_bytes)} free")
-    from provisioner import modelinfo
+    from provisioner.model import info as modelinfo
 
     smaller = []
     for entry in modelinfo.table():
@@ -278,7 +278,7 @@ def gpu_memory(setting: str, *, environ: Mapping[str, str], info: DriverInfo | N
             raise UsageError(f"--gpu-memory must be positive (got {setting})", hint=example)
         return GpuMemory(int(value * GiB), f"--gpu-memory {setting} GiB")
     if info is None:
-        from provisioner import gpu
+        from provisioner.system import gpu
 
         info = gpu.probe(environ)
     gpus = [g for g in info.gpus if g.memory_free is not None]

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner import distro, proc
+from provisioner import proc
+from provisioner.system import distro
 from provisioner.cuda import (LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
                              writable)
 from provisioner.errors import CommandError, PermissionDenied, ProvisionError, UsageError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-DATA_FILE = Path(__file__).parent / "data" / "gpu-archs.yaml"
+DATA_FILE = Path(__file__).parent.parent / "data" / "gpu-archs.yaml"
 SOURCE = "NVIDIA CUDA GPUs compute capability table (data/gpu-archs.yaml)"
 
 

@@ -628,7 +628,7 @@ def judge_nvcc_path(cf: CudaFacts, root: Path = Path("/")) -> Check:
 def _install_hint(version: CudaVersion, root: Path) -> str:
     if version.major >= 13:
         return f"install it with `{command_line(root, f'cuda install {version.short}')}`"
-    from provisioner import distro
+    from provisioner.system import distro
 
     steps = distro.cuda_repository_steps(version, root) + f"; then `{command_line(root, f'cuda switch {version.short}')}`"
     return f"install it from NVIDIA's CUDA repository: {steps}"

@@ -10,7 +10,7 @@ from provisioner.errors import ProvisionError, UsageError
 from provisioner.versions import CudaVersion, DriverVersion
 
 if TYPE_CHECKING:
-    from provisioner.gpu import DriverInfo
+    from provisioner.system.gpu import DriverInfo
     from provisioner.profiles import Profile
 
 #: Driver states that mean "no NVIDIA driver on this machine": a CPU build is the right answer.
@@ -110,7 +110,8 @@ def facts_to_dict(facts: MachineFacts) -> dict[str, Any]:
 
 def gather_facts(root: Path, environ: Mapping[str, str]) -> MachineFacts:
     """NVML's view of the driver and GPUs (a subprocess) plus the /usr/local/cuda link under root."""
-    from provisioner import cuda, gpu
+    from provisioner import cuda
+    from provisioner.system import gpu
 
     info = gpu.probe(environ)
     toolkit: CudaVersion | None = None

@@ -2,7 +2,7 @@
 
 huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, when it is first
 imported (huggingface_hub/constants.py), so the hub work runs in a child interpreter,
-`python -m provisioner.download`, started through proc.run with exactly the environment this module
+`python -m provisioner.model.download`, started through proc.run with exactly the environment this module
 computed (endpoint set, xet off). The parent plans (file list, sizes, data hosts, disk space) and
 renders; the child talks to the hub and writes a JSON result file.
 
@@ -303,7 +303,7 @@ def worker_env(environ: Mapping[str, str], endpoint: Endpoint) -> dict[str, str]
     env["HF_ENDPOINT"] = endpoint.url
     env["HF_HUB_DISABLE_XET"] = "1"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, environ.get("PYTHONPATH", "")) if p)
     return env
 
@@ -405,7 +405,7 @@ def _run_worker(request: dict[str, Any], *, env: Mapping[str, str], endpoint: En
         result = Path(tmp) / "result.json"
         request = {**request, "endpoint": endpoint.url, "result": str(result)}
         try:
-            done = proc.run([sys.executable, "-m", "provisioner.download"], input=json.dumps(request), env=env,
+            done = proc.run([sys.executable, "-m", "provisioner.model.download"], input=json.dumps(request), env=env,
                             timeout=timeout, check=False, capture=not live)
         except KeyboardInterrupt:
             raise Interrupted("download interrupted",
@@ -475,7 +475,7 @@ def _error(err: Mapping[str, Any], *, endpoint: Endpoint, repo: str, revision: s
 
 
 # --------------------------------------------------------------------------------------------
-# the child side: `python -m provisioner.download` (huggingface_hub imported here only)
+# the child side: `python -m provisioner.model.download` (huggingface_hub imported here only)
 
 
 class _HostError(Exception):

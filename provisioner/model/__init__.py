@@ -1,0 +1,1 @@
+"""Models: their shapes, the memory they need, downloads and the smoke chat."""

@@ -1,0 +1,1 @@
+"""The machine: NVML facts, the distribution, GPU architectures, driver/CUDA compatibility."""
