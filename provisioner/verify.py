@@ -11,8 +11,9 @@ from provisioner.system import gpu
 from provisioner import facts as facts_mod
 from provisioner.errors import ProvisionError
 from provisioner.cuda import command_line
+from provisioner.cuda.checks import check_toolkit_driver
 from provisioner.report import Check, Status
-from provisioner.system.checks import check_driver, check_gpus, driver_install_fix
+from provisioner.system.checks import check_driver, check_gpus
 from provisioner.env.checks import EnvContext, _gpus, check_env
 from provisioner.versions import CudaVersion
 
@@ -28,84 +29,6 @@ PROBE_SCRIPT = envprobe.PROBE_SCRIPT
 
 
 # --------------------------------------------------------------------------- toolkit
-
-def check_toolkit_driver(facts: Facts, *, root: Path = Path("/")) -> Check:
-    """cuda.driver: the driver is new enough for the toolkit /usr/local/cuda points at.
-
-    Without a known link (a pasted `nvcc --version`), the toolkit that nvcc reports is judged.
-    """
-    from provisioner.system import compat
-
-    tk = facts.linked_toolkit
-    v: CudaVersion | None = tk.version if tk is not None else None
-    what_tk = "the linked"
-    if v is None and facts.cuda is None and facts.toolkit_version:
-        try:
-            v, what_tk = CudaVersion.parse(facts.toolkit_version), "nvcc's"
-        except ProvisionError:
-            v = None
-    if v is None:
-        return Check("cuda.driver", Status.SKIP, "no linked toolkit with a known version", None, {})
-    info = facts.info or gpu.DriverInfo("no-library")
-    os_id = facts.os_id
-    need = compat.toolkit_min_driver(v)
-    family = compat.family_min_driver(v)
-    data: dict[str, Any] = {"toolkit": str(v), "needs": str(need[0]) if need else None,
-                            "source": need[1] if need else None,
-                            "family_min": str(family[0]) if family else None}
-    if info.status != "ok" or info.driver_version is None:
-        what = f"needs driver >= {need[0]}" if need else "minimum driver unknown"
-        if info.status == "ok" and info.cuda is not None and (v.major, v.minor) > (info.cuda.major, info.cuda.minor):
-            return Check("cuda.driver", Status.FAIL,
-                         f"the driver supports CUDA up to {info.cuda.short}, {what_tk} toolkit is {v.short}",
-                         driver_install_fix(os_id), data)
-        return Check("cuda.driver", Status.SKIP, f"CUDA {v.short} toolkit {what}; no driver to compare",
-                     None, data)
-    drv = info.driver_version
-    data["driver"] = str(drv)
-    if need is None:
-        # A toolkit newer than the table: fall back to the CUDA version the driver reports.
-        if info.cuda is not None and (v.major, v.minor) > (info.cuda.major, info.cuda.minor):
-            return Check("cuda.driver", Status.FAIL,
-                         f"driver {drv} supports CUDA up to {info.cuda.short}, {what_tk} toolkit is {v.short}",
-                         driver_install_fix(os_id), data)
-        return Check("cuda.driver", Status.OK,
-                     f"driver {drv} (CUDA {info.cuda.short if info.cuda else '?'}); no minimum-driver "
-                     f"row for CUDA {v.short}", None, data)
-    if drv >= need[0]:
-        return Check("cuda.driver", Status.OK,
-                     f"driver {drv} >= {need[0]}, the minimum for CUDA {v.short}", None, data)
-    fix = driver_install_fix(os_id, at_least=str(need[0]))
-    older = _older_toolkit(drv, v, facts)
-    if older:
-        fix += f"; or point /usr/local/cuda at a toolkit this driver runs: {command_line(root, f'cuda switch {older}')}"
-    if family is not None and drv >= family[0]:
-        return Check("cuda.driver", Status.WARN,
-                     f"driver {drv} is older than CUDA {v.short}'s own driver (>= {need[0]}); it meets the "
-                     f"{v.major}.x minor-version-compatibility floor (>= {family[0]}), so programs built "
-                     "with this toolkit run with a limited feature set (no PTX JIT of newer code)",
-                     fix, data)
-    return Check("cuda.driver", Status.FAIL,
-                 f"driver {drv} is too old for {what_tk} CUDA {v.short} toolkit (needs >= {need[0]}"
-                 + (f"; {v.major}.x needs at least {family[0]}" if family else "") + ")",
-                 fix, data)
-
-
-def _older_toolkit(drv: Any, current: CudaVersion, facts: Facts) -> str | None:
-    from provisioner.system import compat
-
-    fits = []
-    for t in facts.cuda.toolkits if facts.cuda is not None else ():
-        if t.version is None or not t.complete or t.version == current:
-            continue
-        need = compat.toolkit_min_driver(t.version)
-        if need is not None and drv >= need[0]:
-            fits.append(t.version)
-    return max(fits).short if fits else None
-
-
-
-# --------------------------------------------------------------------------- putting it together
 
 def choose_profiles(facts: Facts, environ: Mapping[str, str],
                     profile_name: str | None) -> tuple[Profile | None, Profile | None, list[Check]]:

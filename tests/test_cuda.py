@@ -419,7 +419,7 @@ def test_failed_rename_leaves_no_temp_link_and_keeps_record(root: Path,
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(cuda.os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(ProvisionError, match="No space left on device .*; it was left as it was"):
         cuda.apply(plan)
     monkeypatch.undo()

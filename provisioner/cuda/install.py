@@ -13,8 +13,8 @@ from typing import Any
 
 from provisioner import proc
 from provisioner.system import distro
-from provisioner.cuda import (LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path,
-                             writable)
+from provisioner.cuda.toolkit import (LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit,
+                                      system_path, writable)
 from provisioner.errors import CommandError, PermissionDenied, ProvisionError, UsageError
 from provisioner.paths import under_root
 from provisioner.versions import CudaVersion
