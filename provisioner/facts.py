@@ -148,24 +148,34 @@ def os_ids(root: Path) -> tuple[str, ...]:
     return distro.os_ids(root)
 
 
-def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:
-    """Read this machine once: NVML (a child process), kernel modules, toolkits and the link, the env."""
+def gather_machine(*, root: Path, environ: Mapping[str, str]) -> Facts:
+    """The machine without an environment: NVML once, kernel modules, toolkits and the link (each nvcc once)."""
     from provisioner import cuda
-    from provisioner.env import probe as envprobe
-    from provisioner.env import target as envtarget
 
     timings: dict[str, float] = {}
     t = time.monotonic()
     info = gpu.probe(environ, timeout=NVML_TIMEOUT)
     timings["nvml"] = time.monotonic() - t
-
     modules_file = root / "proc" / "modules"
     modules = frozenset(gpu.kernel_modules(root)) if modules_file.is_file() else None
-
     t = time.monotonic()
     cuda_facts = cuda.gather(root, environ)
     timings["toolkit"] = time.monotonic() - t
+    return Facts(origin="live", root=str(root), info=info, modules=modules,
+                 kernel_driver=gpu.kernel_driver_version(root),
+                 pci_gpus=tuple(gpu.nvidia_pci_devices(root)), os_id=os_ids(root), cuda=cuda_facts,
+                 sources={"driver": "NVML", "cuda": "the filesystem and each toolkit's nvcc --version"},
+                 timings=timings)
 
+
+def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) -> Facts:
+    """Read this machine once: gather_machine(), then the environment's probe (its own Python, once)."""
+    from dataclasses import replace
+
+    from provisioner.env import probe as envprobe
+    from provisioner.env import target as envtarget
+
+    machine = gather_machine(root=root, environ=environ)
     target: EnvTarget | None = None
     target_error = target_hint = None
     report: dict[str, Any] | None = None
@@ -182,15 +192,10 @@ def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None) ->
         record = _read_record(target.prefix)
         if target.kind == "current" and report is not None and not (report.get("packages") or {}).get("torch"):
             built = _built_envs(environ)
-    timings["env_probe"] = time.monotonic() - t
-    return Facts(origin="live", root=str(root), info=info, modules=modules,
-                 kernel_driver=gpu.kernel_driver_version(root),
-                 pci_gpus=tuple(gpu.nvidia_pci_devices(root)), os_id=os_ids(root), cuda=cuda_facts,
-                 target=target, target_error=target_error, target_hint=target_hint, probe=report,
-                 probe_error=probe_error, record=record, built_envs=built,
-                 sources={"driver": "NVML", "cuda": "the filesystem and each toolkit's nvcc --version",
-                          "probe": "the environment's own Python"},
-                 timings=timings)
+    timings = dict(machine.timings, env_probe=time.monotonic() - t)
+    return replace(machine, target=target, target_error=target_error, target_hint=target_hint, probe=report,
+                   probe_error=probe_error, record=record, built_envs=built,
+                   sources=dict(machine.sources, probe="the environment's own Python"), timings=timings)
 
 
 def _read_record(prefix: Path) -> Mapping[str, Any] | None:

@@ -8,16 +8,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner import state
+from provisioner.cuda import command_line
 from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.units import gib
+
+if TYPE_CHECKING:
+    from provisioner.env import EnvResult
+    from provisioner.env.choose import MachineFacts
+    from provisioner.facts import Facts
+    from provisioner.model.fit import FitReport
+    from provisioner.profiles import Profile
 
 STATE_FILE = "up.json"
 #: Downloads above this many bytes are confirmed first (without --yes).
 CONFIRM_DOWNLOAD_BYTES = 300 * 1024**2
 
+NO_GPU = "none (CPU)"
 STAGES: tuple[tuple[str, str], ...] = (
     ("diagnose", "diagnose the machine"),
     ("profile", "choose the profile"),
@@ -65,16 +74,43 @@ class StageOutcome:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class UpSummary:
+    """What `up` set up and measured: the summary table, and `summary` in `up --json`."""
+
+    gpu: str
+    driver: str | None
+    driver_cuda: str | None
+    toolkit: str
+    profile: str | None
+    environment: str | None
+    model: str
+    precision: str | None
+    context: int | None
+    estimated_peak_bytes: int | None
+    measured_peak_bytes: int | None
+    time_to_first_token_s: float | None
+    tokens_per_s: float | None
+    reply: str | None
+    chat_command: str | None
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.gpu == NO_GPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class UpResult:
     stages: list[StageOutcome]
-    summary: dict[str, Any]
+    summary: UpSummary
     did_work: bool
 
     @property
     def chat_command(self) -> str | None:
-        command: str | None = self.summary.get("chat_command")
-        return command
+        return self.summary.chat_command
 
     @property
     def ok(self) -> bool:
@@ -82,7 +118,7 @@ class UpResult:
 
     def to_document(self) -> dict[str, Any]:
         return {"version": 1, "ok": self.ok, "did_work": self.did_work,
-                "stages": [s.to_dict() for s in self.stages], "summary": self.summary,
+                "stages": [s.to_dict() for s in self.stages], "summary": self.summary.to_dict(),
                 "chat_command": self.chat_command}
 
 
@@ -165,8 +201,296 @@ def toolkit_writable(root: Path) -> bool:
     return all(cuda.writable(under_root(root, d)) for d in (cuda.LOCAL, cuda.STATE_DIR))
 
 
+@dataclass
+class UpState:
+    """What the stages hand each other, each field set by the stage named beside it."""
+
+    facts: Facts | None = None                # diagnose: the machine, read once
+    machine: MachineFacts | None = None       # diagnose: the profile choice's view of it
+    profile: Profile | None = None            # profile
+    env: EnvResult | None = None              # env
+    fit: FitReport | None = None              # fit
+    quant: str | None = None                  # fit: the smoke chat's --quant
+    estimate: int | None = None               # fit: estimated peak bytes
+    context: int | None = None                # fit
+    model_path: Path | None = None            # download
+    smoke: dict[str, Any] | None = None       # smoke: the smoke chat's result
+    inputs: dict[str, str] = field(default_factory=dict)   # stage -> fingerprint of what it was run with
+
+    @property
+    def gpus(self) -> bool:
+        info = self.facts.info if self.facts is not None else None
+        return bool(info is not None and info.loaded and info.gpus)
+
+
+class Stage:
+    """One step of the walkthrough: status() for the plan (reads, never changes), run() to do it."""
+
+    name = ""
+    title = ""
+
+    def status(self, up: Up) -> tuple[str, str]:
+        return "todo", self.title
+
+    def run(self, up: Up) -> StageOutcome:
+        raise NotImplementedError
+
+
+class Diagnose(Stage):
+    name, title = "diagnose", "diagnose the machine"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        return "check", f"{self.title} (cheap; always re-checked)"
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner import facts as facts_mod
+
+        facts = facts_mod.gather_machine(root=up.root, environ=up.environ)
+        up.state.facts, up.state.machine = facts, facts.machine()
+        info = facts.info
+        if info is not None and info.loaded and info.gpus:
+            gpus = ", ".join(f"{g.name} ({g.sm}, {gib(g.memory_free)} free)" for g in info.gpus)
+            msg = f"driver {info.driver_version} (CUDA {info.cuda.short if info.cuda else '?'}); {gpus}"
+        else:
+            reason = info.error if info is not None and info.error else "no NVIDIA driver/GPU found"
+            msg = f"no usable NVIDIA GPU ({reason}); continuing on the CPU"
+        return StageOutcome(self.name, "done", msg, {"facts": up.state.machine.to_dict()})
+
+
+class ChooseProfile(Stage):
+    name, title = "profile", "choose the profile"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        return "check", f"{self.title} (cheap; always re-checked)"
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner import profiles
+        from provisioner.env import choose
+        from provisioner.versions import CudaVersion
+
+        assert up.state.machine is not None
+        cuda = CudaVersion.parse(up.o.cuda) if up.o.cuda else None
+        requested = None if up.o.profile in (None, "", "auto") else up.o.profile
+        choice = choose.choose_profile(up.state.machine, profiles.load_all(up.environ),
+                                       requested=requested, cuda=cuda)
+        up.state.profile = choice.profile
+        return StageOutcome(self.name, "done", f"{choice.profile.name}: {'; '.join(choice.reasons)}",
+                            {"profile": choice.profile.name, "reasons": list(choice.reasons),
+                             "rejected": [list(r) for r in choice.rejected]})
+
+
+class Toolkit(Stage):
+    name, title = "toolkit", "check the CUDA toolkit"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        return "check", f"{self.title} (switch only if the profile needs another installed toolkit)"
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner import cuda
+
+        profile, facts = up.state.profile, up.state.facts
+        assert profile is not None and facts is not None and facts.cuda is not None
+        if profile.is_cpu or profile.cuda is None:
+            return StageOutcome(self.name, "skipped", f"profile {profile.name} needs no CUDA toolkit")
+        want = profile.cuda
+        link = facts.cuda.link
+        state = link.state if link is not None else "unreadable"
+        have = link.toolkit.version if link is not None and link.toolkit is not None else None
+        if have is not None and (have.major, have.minor) == (want.major, want.minor):
+            return StageOutcome(self.name, "done", f"/usr/local/cuda is CUDA {have}, as profile {profile.name} wants")
+        installed = [t for t in facts.cuda.toolkits if t.complete and t.version is not None
+                     and (t.version.major, t.version.minor) == (want.major, want.minor)]
+        note = "torch wheels bring their own CUDA runtime, so this only matters for compiling extensions"
+        if not installed:
+            fix = command_line(up.root, f"cuda install {want.short}") if want.major >= 13 else None
+            return StageOutcome(self.name, "warn", f"no CUDA {want.short} toolkit installed (linked: {have or state}); "
+                                f"{note}", {"fix": fix})
+        switch = command_line(up.root, f"cuda switch {want.short}")
+        needs_root = (f"/usr/local/cuda is {have or state}, profile wants {want.short}; switching needs root, "
+                      f"run: sudo {switch}")
+        if not toolkit_writable(up.root):
+            return StageOutcome(self.name, "warn", needs_root, {"fix": f"sudo {switch}"})
+        try:
+            plan = cuda.plan_switch(want, up.root, up.environ)
+        except PermissionDenied:
+            return StageOutcome(self.name, "warn", needs_root, {"fix": f"sudo {switch}"})
+        except ProvisionError as e:
+            # `cuda switch` refuses (a real directory at the link, ...); the wheel does not need it.
+            return StageOutcome(self.name, "warn", f"not switched to CUDA {want.short}: {e.message}; {note}",
+                                {"fix": e.hint})
+        if not up.o.yes and not up.confirm(f"Switch /usr/local/cuda to CUDA {want.short}?"):
+            return StageOutcome(self.name, "warn", f"not switched (declined); run: {switch}", {"fix": switch})
+        cuda.apply(plan)
+        up.did_work = True
+        return StageOutcome(self.name, "ran", f"switched /usr/local/cuda to CUDA {want.short} (was {have or state})")
+
+
+class Environment(Stage):
+    name, title = "env", "create or reuse the environment"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        from provisioner import env as envmod
+
+        prefix = env_prefix(up.o, up.environ)
+        st = envmod.env_status(prefix, up.environ)
+        if st == "complete" and (up.records.stages.get(self.name) or {}).get("status") == "done":
+            return "done", f"environment {prefix} is complete"
+        if st == "building":
+            return "todo", f"{self.title}: {prefix} was left half-built; it will be rebuilt"
+        return "todo", f"{self.title} at {prefix}"
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner import env as envmod
+
+        profile, o = up.state.profile, up.o
+        assert profile is not None
+        prefix = env_prefix(o, up.environ)
+        inputs = up.state.inputs[self.name] = fingerprint(
+            str(prefix), profile.name, o.torch, o.index_url, o.extra_index_url, o.find_links, o.backend, o.python)
+        force = envmod.env_status(prefix, up.environ) == "building"   # an interrupted run's env: rebuild it
+        if force:
+            up.say(f"environment {prefix} was left half-built by an interrupted run; rebuilding it")
+        result = envmod.create_env(
+            prefix=prefix, name=None, profile=profile.name, cuda=None, backend=o.backend,
+            python_version=o.python, torch=o.torch, index_url=o.index_url, extra_index_url=o.extra_index_url,
+            find_links=o.find_links, allow_insecure_index=o.allow_insecure_index, force=force,
+            root=up.root, environ=up.environ, progress=up.say, facts=up.state.machine,
+            confirm_download=None if o.yes else up.confirm_torch)
+        up.state.env = result
+        ran = result.status != "up-to-date"
+        up.did_work |= ran
+        up.records.done(self.name, inputs, {"prefix": str(result.prefix), "python": str(result.python)})
+        return StageOutcome(self.name, "ran" if ran else "done",
+                            f"{result.prefix} ({result.status}, profile {profile.name})",
+                            {"prefix": str(result.prefix), "python": str(result.python), "status": result.status})
+
+
+class Fit(Stage):
+    name, title = "fit", "check the model fits; choose precision and context"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        return "check", f"{self.title} (cheap; always re-checked)"
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner.model import fit
+        from provisioner.model import info as modelinfo
+
+        spec = modelinfo.resolve(up.o.model, environ=up.environ)
+        facts = up.state.facts
+        memory = fit.gpu_memory(up.o.gpu_memory or "auto", environ=up.environ,
+                                info=facts.info if facts is not None else None)
+        # `up` loads in 16 bit, int8 or nf4 (what the smoke chat and `provision chat` offer).
+        quants = ("fp16", "bf16", "int8", "nf4") if up.o.quant == "auto" else (_fit_quant(up.o.quant),)
+        report = fit.fit(spec, gpu_free_bytes=memory.free_bytes, context=up.o.context, batch=1,
+                         quants=quants, prefer_bf16=memory.prefer_bf16)
+        st = up.state
+        st.fit, st.context = report, report.context
+        if memory.free_bytes is None:
+            # On the CPU nothing is gated on GPU memory: load as asked (4-bit by default, as the
+            # walkthrough does) and keep the estimate to compare with the measured peak.
+            quant = "nf4" if up.o.quant == "auto" else up.o.quant
+            option = next(o for o in report.options if o.quant == _fit_quant(quant))
+            st.quant, st.estimate = quant, option.total_bytes
+            return StageOutcome(self.name, "done", f"{spec.name}: {_human_params(spec.params)} params; "
+                                f"{memory.source}; {quant} estimate {gib(option.total_bytes)} at {st.context} tokens",
+                                {"quant": quant, "estimate_bytes": option.total_bytes, "context": st.context})
+        rec = report.recommended
+        if rec is None:
+            best = min(report.options, key=lambda o: o.total_bytes)
+            raise up.fail(self.name, "", f"{spec.name} does not fit: it needs at least {gib(best.total_bytes)} "
+                          f"({best.quant}, {st.context} tokens) and {memory.source}; nothing was downloaded",
+                          report.advice or "free GPU memory or choose a smaller model")
+        st.quant, st.estimate = _up_quant(rec.quant), rec.total_bytes
+        return StageOutcome(self.name, "done",
+                            f"{spec.name}: {rec.quant} fits ({memory.source}): estimate "
+                            f"{gib(rec.total_bytes)} at {st.context} tokens; up to {rec.max_context} tokens",
+                            {"quant": st.quant, "estimate_bytes": rec.total_bytes, "context": st.context,
+                             "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
+
+
+class Download(Stage):
+    name, title = "download", "download the model"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        rec = up.records.stages.get(self.name) or {}
+        path = Path(str((rec.get("result") or {}).get("path", "")))
+        if is_local_model(up.o.model):
+            return "skipped", "the model is a local folder"
+        if rec.get("status") == "done" and path.is_dir():
+            return "done", f"already downloaded to {path}"
+        return "todo", self.title
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner.model import download
+
+        o = up.o
+        if is_local_model(o.model):
+            path = Path(o.model).expanduser().resolve()
+            up.state.model_path = path
+            return StageOutcome(self.name, "skipped", f"local folder {path}", {"path": str(path)})
+        inputs = fingerprint(o.model, o.endpoint, o.mirror, str(o.local_dir))
+        rec = up.records.get(self.name, inputs)
+        if rec and Path(rec["path"]).is_dir() and (Path(rec["path"]) / "config.json").is_file():
+            up.state.model_path = Path(rec["path"])
+            return StageOutcome(self.name, "done", f"already downloaded: {rec['path']}", rec)
+        plan = download.plan_download(o.model, local_dir=o.local_dir, endpoint=o.endpoint, mirror=o.mirror,
+                                      environ=up.environ)
+        up.say(plan.describe())
+        size = plan.need_bytes
+        if size > CONFIRM_DOWNLOAD_BYTES and not o.yes and not up.confirm(f"Download {gib(size)} of {o.model}?"):
+            raise up.fail(self.name, inputs, "download declined", "re-run with --yes to download")
+        path = download.apply(plan).path
+        up.did_work = True
+        up.state.model_path = Path(path)
+        up.records.done(self.name, inputs, {"path": str(path), "bytes": size})
+        return StageOutcome(self.name, "ran", f"{o.model} -> {path} ({gib(size)})", {"path": str(path)})
+
+
+class Smoke(Stage):
+    name, title = "smoke", "smoke-test chat"
+
+    def status(self, up: Up) -> tuple[str, str]:
+        if (up.records.stages.get(self.name) or {}).get("status") == "done":
+            return "done", "passed before (re-run when the environment, model or precision changes)"
+        return "todo", self.title
+
+    def run(self, up: Up) -> StageOutcome:
+        from provisioner.model import smoke
+
+        st = up.state
+        assert st.env is not None and st.model_path is not None and st.quant is not None
+        inputs = up.state.inputs[self.name] = fingerprint(
+            str(st.env.prefix), str(st.model_path), st.quant, up.o.prompt, up.o.max_new_tokens,
+            _mtime(st.model_path), _mtime(Path(st.env.prefix) / "provision-env.json"))
+        rec = up.records.get(self.name, inputs)
+        if rec is not None:
+            st.smoke = rec
+            return StageOutcome(self.name, "done", f"passed before: {rec.get('reply', '')!r}", rec)
+        kwargs: dict[str, Any] = {"quant": st.quant, "max_new_tokens": up.o.max_new_tokens, "environ": up.environ}
+        if up.o.prompt:
+            kwargs["prompt"] = up.o.prompt
+        result = smoke.run_smoke(Path(st.env.python), str(st.model_path), **kwargs)
+        up.did_work = True
+        hint = None
+        if result.oom:
+            free = st.fit.gpu_free_bytes if st.fit is not None else None
+            hint = smoke.fit_hint_for(str(st.model_path), st.quant, up.environ, free_bytes=free)
+        checks = smoke.check_smoke(result, estimate_bytes=st.estimate, gpu_present=st.gpus, fit_hint=hint)
+        failed = [c for c in checks if c.status.value == "fail"]
+        data = result.to_dict()
+        if failed:
+            raise up.fail(self.name, inputs, f"{failed[0].id}: {failed[0].message}", failed[0].fix)
+        up.records.done(self.name, inputs, data)
+        st.smoke = data
+        return StageOutcome(self.name, "ran", f"reply {data.get('reply', '')!r}", data)
+
+
+#: The walkthrough, in order (STAGES names the same stages for the plan and the records).
+PIPELINE: tuple[Stage, ...] = (Diagnose(), ChooseProfile(), Toolkit(), Environment(), Fit(), Download(), Smoke())
+
+
 class Up:
-    """Runs the stages; every stage calls the same code its own command uses."""
+    """Runs the stages in order; every stage calls the same code its own command uses."""
 
     def __init__(self, opts: UpOptions, *, root: Path, environ: Mapping[str, str],
                  say: Say, confirm: Confirm) -> None:
@@ -177,297 +501,66 @@ class Up:
         self.confirm = confirm
         self.records = Records(environ)
         self.outcomes: list[StageOutcome] = []
-        self.ctx: dict[str, Any] = {}
+        self.state = UpState()
         self.did_work = False
 
-    # ---- plan -----------------------------------------------------------------------------
     def plan(self) -> list[StageOutcome]:
         """Each stage's state before anything runs: done / to do / skipped, with why."""
         rows = []
-        prefix = env_prefix(self.o, self.environ)
-        for name, title in STAGES:
-            status, why = "todo", title
-            rec = self.records.stages.get(name) or {}
-            if name in ("diagnose", "profile", "fit"):
-                status, why = "check", f"{title} (cheap; always re-checked)"
-            elif name == "toolkit":
-                status, why = "check", f"{title} (switch only if the profile needs another installed toolkit)"
-            elif name == "env":
-                from provisioner import env as envmod
-
-                st = envmod.env_status(prefix, self.environ)
-                if st == "complete" and rec.get("status") == "done":
-                    status, why = "done", f"environment {prefix} is complete"
-                elif st == "building":
-                    why = f"{title}: {prefix} was left half-built; it will be rebuilt"
-                else:
-                    why = f"{title} at {prefix}"
-            elif name == "download":
-                if is_local_model(self.o.model):
-                    status, why = "skipped", "the model is a local folder"
-                elif rec.get("status") == "done" and Path(str((rec.get("result") or {}).get("path", ""))).is_dir():
-                    status, why = "done", f"already downloaded to {rec['result']['path']}"
-            elif name == "smoke":
-                if rec.get("status") == "done":
-                    status, why = "done", "passed before (re-run when the environment, model or precision changes)"
+        for stage in PIPELINE:
+            status, why = stage.status(self)
+            rec = self.records.stages.get(stage.name) or {}
             if rec.get("status") == "failed":
                 why += f" (failed last time: {rec.get('message', '')[:120]})"
-            rows.append(StageOutcome(name, status, why))
+            rows.append(StageOutcome(stage.name, status, why))
         return rows
 
-    # ---- run ------------------------------------------------------------------------------
-    def run(self) -> UpResult:
-        for name, _title in STAGES:
-            step = getattr(self, f"stage_{name}")
+    def run(self, until: str | None = None) -> UpResult:
+        """Every stage in order (or up to and including `until`); a failure is recorded and raised."""
+        for stage in PIPELINE:
             try:
-                outcome = step()
+                outcome = stage.run(self)
             except StageFailed as e:
-                self.outcomes.append(StageOutcome(name, "failed", e.message))
+                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
                 raise
             except ProvisionError as e:
-                self.records.failed(name, self.ctx.get(f"{name}_inputs", ""), e.message)
-                self.outcomes.append(StageOutcome(name, "failed", e.message))
+                self.records.failed(stage.name, self.state.inputs.get(stage.name, ""), e.message)
+                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
                 raise
             self.outcomes.append(outcome)
-            self.say(f"[{outcome.status:>7}] {name}: {outcome.message}")
-        summary = self.summary()
-        return UpResult(self.outcomes, summary, self.did_work)
+            self.say(f"[{outcome.status:>7}] {stage.name}: {outcome.message}")
+            if stage.name == until:
+                break
+        return UpResult(self.outcomes, self.summary(), self.did_work)
 
-    def _fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
+    def fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
         self.records.failed(name, inputs, message)
         return StageFailed(message, hint=hint)
 
-    def stage_diagnose(self) -> StageOutcome:
-        from provisioner.env import choose
-
-        facts = choose.gather_facts(self.root, self.environ)
-        self.ctx["facts"] = facts
-        info = facts.driver
-        if info is not None and info.loaded and info.gpus:
-            gpus = ", ".join(f"{g.name} ({g.sm}, {gib(g.memory_free)} free)" for g in info.gpus)
-            msg = f"driver {info.driver_version} (CUDA {info.cuda.short if info.cuda else '?'}); {gpus}"
-        else:
-            reason = info.error if info is not None and info.error else "no NVIDIA driver/GPU found"
-            msg = f"no usable NVIDIA GPU ({reason}); continuing on the CPU"
-        return StageOutcome("diagnose", "done", msg, {"facts": choose.facts_to_dict(facts)})
-
-    def stage_profile(self) -> StageOutcome:
-        from provisioner import profiles
-        from provisioner.env import choose
-        from provisioner.versions import CudaVersion
-
-        cuda = CudaVersion.parse(self.o.cuda) if self.o.cuda else None
-        requested = None if self.o.profile in (None, "", "auto") else self.o.profile
-        choice = choose.choose_profile(self.ctx["facts"], profiles.load_all(self.environ),
-                                       requested=requested, cuda=cuda)
-        self.ctx["profile"] = choice.profile
-        why = "; ".join(choice.reasons)
-        return StageOutcome("profile", "done", f"{choice.profile.name}: {why}",
-                            {"profile": choice.profile.name, "reasons": list(choice.reasons),
-                             "rejected": [list(r) for r in choice.rejected]})
-
-    def stage_toolkit(self) -> StageOutcome:
-        from provisioner import cuda
-
-        profile = self.ctx["profile"]
-        if profile.is_cpu or profile.cuda is None:
-            return StageOutcome("toolkit", "skipped", f"profile {profile.name} needs no CUDA toolkit")
-        want = profile.cuda
-        link = cuda.read_link(self.root, self.environ)
-        have = link.toolkit.version if link.toolkit is not None else None
-        if have is not None and (have.major, have.minor) == (want.major, want.minor):
-            return StageOutcome("toolkit", "done", f"/usr/local/cuda is CUDA {have}, as profile {profile.name} wants")
-        installed = [t for t in cuda.toolkits(self.root, self.environ)
-                     if t.version is not None and (t.version.major, t.version.minor) == (want.major, want.minor)
-                     and t.complete]
-        note = ("torch wheels bring their own CUDA runtime, so this only matters for compiling "
-                "extensions")
-        if not installed:
-            return StageOutcome("toolkit", "warn",
-                                f"no CUDA {want.short} toolkit installed (linked: {have or link.state}); {note}",
-                                {"fix": f"provision cuda install {want.short}" if want.major >= 13 else None})
-        sudo_line = f"sudo provision cuda switch {want.short}"
-        if not toolkit_writable(self.root):
-            return StageOutcome("toolkit", "warn",
-                                f"/usr/local/cuda is {have or link.state}, profile wants {want.short}; "
-                                f"switching needs root, run: {sudo_line}", {"fix": sudo_line})
-        try:
-            plan = cuda.plan_switch(want, self.root, self.environ)
-        except PermissionDenied:
-            return StageOutcome("toolkit", "warn",
-                                f"/usr/local/cuda is {have or link.state}, profile wants {want.short}; "
-                                f"switching needs root, run: {sudo_line}", {"fix": sudo_line})
-        except ProvisionError as e:
-            # `cuda switch` refuses (a real directory at the link, ...); the wheel does not need it.
-            return StageOutcome("toolkit", "warn", f"not switched to CUDA {want.short}: {e.message}; {note}",
-                                {"fix": e.hint})
-        if not self.o.yes and not self.confirm(f"Switch /usr/local/cuda to CUDA {want.short}?"):
-            return StageOutcome("toolkit", "warn", f"not switched (declined); run: provision cuda switch {want.short}",
-                                {"fix": f"provision cuda switch {want.short}"})
-        cuda.apply(plan)
-        self.did_work = True
-        return StageOutcome("toolkit", "ran", f"switched /usr/local/cuda to CUDA {want.short} (was {have or link.state})")
-
-    def stage_env(self) -> StageOutcome:
-        from provisioner import env as envmod
-
-        profile = self.ctx["profile"]
-        prefix = env_prefix(self.o, self.environ)
-        inputs = fingerprint(str(prefix), profile.name, self.o.torch, self.o.index_url,
-                             self.o.extra_index_url, self.o.find_links, self.o.backend, self.o.python)
-        self.ctx["env_inputs"] = inputs
-        status = envmod.env_status(prefix, self.environ)
-        force = status == "building"   # provision's own half-built env (an interrupted run): rebuild it
-        if force:
-            self.say(f"environment {prefix} was left half-built by an interrupted run; rebuilding it")
-        result = envmod.create_env(
-            prefix=prefix, name=None, profile=profile.name, cuda=None, backend=self.o.backend,
-            python_version=self.o.python, torch=self.o.torch, index_url=self.o.index_url,
-            extra_index_url=self.o.extra_index_url, find_links=self.o.find_links,
-            allow_insecure_index=self.o.allow_insecure_index, force=force,
-            root=self.root, environ=self.environ, progress=self.say, facts=self.ctx["facts"],
-            confirm_download=None if self.o.yes else self._confirm_torch,
-        )
-        self.ctx["env"] = result
-        ran = result.status != "up-to-date"
-        self.did_work |= ran
-        self.records.done("env", inputs, {"prefix": str(result.prefix), "python": str(result.python)})
-        return StageOutcome("env", "ran" if ran else "done",
-                            f"{result.prefix} ({result.status}, profile {profile.name})",
-                            {"prefix": str(result.prefix), "python": str(result.python),
-                             "status": result.status})
-
-    def _confirm_torch(self, plan: Any) -> bool:
+    def confirm_torch(self, plan: Any) -> bool:
         what = " ".join(plan.torch_requirements)
         size = "a CPU build, about 200 MB" if plan.profile.is_cpu else "a CUDA build, several GB with its libraries"
         return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
 
-    def stage_fit(self) -> StageOutcome:
-        from provisioner.model import fit
-        from provisioner.model import info as modelinfo
-
-        spec = modelinfo.resolve(self.o.model, environ=self.environ)
-        memory = fit.gpu_memory(self.o.gpu_memory or "auto", environ=self.environ,
-                                info=self.ctx["facts"].driver)
-        # `up` loads in 16 bit, int8 or nf4 (what the smoke chat and `provision chat` offer).
-        quants = ("fp16", "bf16", "int8", "nf4") if self.o.quant == "auto" else (_fit_quant(self.o.quant),)
-        report = fit.fit(spec, gpu_free_bytes=memory.free_bytes, context=self.o.context, batch=1,
-                         quants=quants, prefer_bf16=memory.prefer_bf16)
-        self.ctx["fit"] = report
-        context = report.context
-        if memory.free_bytes is None:
-            # On the CPU nothing is gated on GPU memory: load as asked (4-bit by default, as the
-            # walkthrough does) and keep the estimate to compare with the measured peak.
-            quant = "nf4" if self.o.quant == "auto" else self.o.quant
-            option = next(o for o in report.options if o.quant == _fit_quant(quant))
-            self.ctx.update(quant=quant, estimate=option.total_bytes, context=context)
-            return StageOutcome("fit", "done", f"{spec.name}: {_human_params(spec.params)} params; "
-                                f"{memory.source}; {quant} estimate {gib(option.total_bytes)} at {context} tokens",
-                                {"quant": quant, "estimate_bytes": option.total_bytes, "context": context})
-        rec = report.recommended
-        if rec is None:
-            best = min(report.options, key=lambda o: o.total_bytes)
-            raise self._fail("fit", "", f"{spec.name} does not fit: it needs at least {gib(best.total_bytes)} "
-                             f"({best.quant}, {context} tokens) and {memory.source}; nothing was downloaded",
-                             report.advice or "free GPU memory or choose a smaller model")
-        quant = _up_quant(rec.quant)
-        self.ctx.update(quant=quant, estimate=rec.total_bytes, context=context)
-        return StageOutcome("fit", "done",
-                            f"{spec.name}: {rec.quant} fits ({memory.source}): estimate "
-                            f"{gib(rec.total_bytes)} at {context} tokens; up to {rec.max_context} tokens",
-                            {"quant": quant, "estimate_bytes": rec.total_bytes, "context": context,
-                             "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
-
-    def stage_download(self) -> StageOutcome:
-        from provisioner.model import download
-
-        if is_local_model(self.o.model):
-            path = Path(self.o.model).expanduser().resolve()
-            self.ctx["model_path"] = path
-            return StageOutcome("download", "skipped", f"local folder {path}", {"path": str(path)})
-        inputs = fingerprint(self.o.model, self.o.endpoint, self.o.mirror, str(self.o.local_dir))
-        rec = self.records.get("download", inputs)
-        if rec and Path(rec["path"]).is_dir() and (Path(rec["path"]) / "config.json").is_file():
-            self.ctx["model_path"] = Path(rec["path"])
-            return StageOutcome("download", "done", f"already downloaded: {rec['path']}", rec)
-        plan = download.plan_download(self.o.model, local_dir=self.o.local_dir, endpoint=self.o.endpoint,
-                                      mirror=self.o.mirror, environ=self.environ)
-        self.say(plan.describe())
-        size = plan.need_bytes
-        if size > CONFIRM_DOWNLOAD_BYTES and not self.o.yes:
-            if not self.confirm(f"Download {gib(size)} of {self.o.model}?"):
-                raise self._fail("download", inputs, "download declined", "re-run with --yes to download")
-        path = download.apply(plan).path
-        self.did_work = True
-        self.ctx["model_path"] = Path(path)
-        self.records.done("download", inputs, {"path": str(path), "bytes": size})
-        return StageOutcome("download", "ran", f"{self.o.model} -> {path} ({gib(size)})", {"path": str(path)})
-
-    def stage_smoke(self) -> StageOutcome:
-        from provisioner.model import smoke
-
-        env = self.ctx["env"]
-        model_path = self.ctx["model_path"]
-        quant = self.ctx["quant"]
-        inputs = fingerprint(str(env.prefix), str(model_path), quant, self.o.prompt, self.o.max_new_tokens,
-                             _mtime(model_path), _mtime(Path(env.prefix) / "provision-env.json"))
-        rec = self.records.get("smoke", inputs)
-        if rec is not None:
-            self.ctx["smoke"] = rec
-            return StageOutcome("smoke", "done", f"passed before: {rec.get('reply', '')!r}", rec)
-        kwargs: dict[str, Any] = {"quant": quant, "max_new_tokens": self.o.max_new_tokens,
-                                  "environ": self.environ}
-        if self.o.prompt:
-            kwargs["prompt"] = self.o.prompt
-        result = smoke.run_smoke(Path(env.python), str(model_path), **kwargs)
-        self.did_work = True
-        gpu = bool(self.ctx["facts"].driver and self.ctx["facts"].driver.loaded and self.ctx["facts"].driver.gpus)
-        hint = None
-        if result.oom:
-            free = self.ctx["fit"].gpu_free_bytes if "fit" in self.ctx else None
-            hint = smoke.fit_hint_for(str(model_path), quant, self.environ, free_bytes=free)
-        checks = smoke.check_smoke(result, estimate_bytes=self.ctx.get("estimate"), gpu_present=gpu,
-                                   fit_hint=hint)
-        failed = [c for c in checks if c.status.value == "fail"]
-        data = result.to_dict()
-        if failed:
-            first = failed[0]
-            raise self._fail("smoke", inputs, f"{first.id}: {first.message}", first.fix)
-        self.records.done("smoke", inputs, data)
-        self.ctx["smoke"] = data
-        return StageOutcome("smoke", "ran", f"reply {data.get('reply', '')!r}", data)
-
-    # ---- summary --------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        facts = self.ctx.get("facts")
-        info = facts.driver if facts is not None else None
-        gpu = (", ".join(f"{g.name} ({g.sm})" for g in info.gpus)
-               if info is not None and info.loaded and info.gpus else "none (CPU)")
-        env = self.ctx.get("env")
-        smoke_data = self.ctx.get("smoke") or {}
-        toolkit = next((s.message for s in self.outcomes if s.name == "toolkit"), "")
-        model_path = self.ctx.get("model_path")
-        quant = self.ctx.get("quant")
+    def summary(self) -> UpSummary:
+        st = self.state
+        info = st.facts.info if st.facts is not None else None
+        gpu = ", ".join(f"{g.name} ({g.sm})" for g in info.gpus) if st.gpus and info is not None else NO_GPU
+        smoke_data = st.smoke or {}
         chat = None
-        if env is not None and model_path is not None:
-            chat = f"provision chat --env {env.prefix} --quant {quant} {model_path}"
-        return {
-            "gpu": gpu,
-            "driver": str(info.driver_version) if info is not None and info.driver_version else None,
-            "driver_cuda": info.cuda.short if info is not None and info.cuda else None,
-            "toolkit": toolkit,
-            "profile": self.ctx["profile"].name if "profile" in self.ctx else None,
-            "environment": str(env.prefix) if env is not None else None,
-            "model": str(model_path) if model_path is not None else self.o.model,
-            "precision": quant,
-            "context": self.ctx.get("context"),
-            "estimated_peak_bytes": self.ctx.get("estimate"),
-            "measured_peak_bytes": smoke_data.get("peak_bytes"),
-            "time_to_first_token_s": smoke_data.get("ttft_s"),
-            "tokens_per_s": smoke_data.get("tokens_per_s"),
-            "reply": smoke_data.get("reply"),
-            "chat_command": chat,
-        }
+        if st.env is not None and st.model_path is not None:
+            chat = f"provision chat --env {st.env.prefix} --quant {st.quant} {st.model_path}"
+        return UpSummary(
+            gpu=gpu,
+            driver=str(info.driver_version) if info is not None and info.driver_version else None,
+            driver_cuda=info.cuda.short if info is not None and info.cuda else None,
+            toolkit=next((s.message for s in self.outcomes if s.name == "toolkit"), ""),
+            profile=st.profile.name if st.profile is not None else None,
+            environment=str(st.env.prefix) if st.env is not None else None,
+            model=str(st.model_path) if st.model_path is not None else self.o.model,
+            precision=st.quant, context=st.context, estimated_peak_bytes=st.estimate,
+            measured_peak_bytes=smoke_data.get("peak_bytes"), time_to_first_token_s=smoke_data.get("ttft_s"),
+            tokens_per_s=smoke_data.get("tokens_per_s"), reply=smoke_data.get("reply"), chat_command=chat)
 
 
 def _fit_quant(quant: str) -> str:

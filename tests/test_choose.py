@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from provisioner import profiles
+from provisioner import facts as facts_mod
 from provisioner.env import choose
 from provisioner.env.choose import GpuFact, MachineFacts
 from provisioner.cli import main
@@ -143,7 +144,7 @@ MACHINES = [
 def test_choice_from_fake_nvml(fake_machine: MachineFactory, tmp_path: Path, machine: FakeMachine, want: str,
                                printed: str) -> None:
     environ = fake_machine(machine)
-    f = choose.gather_facts(tmp_path, environ)
+    f = facts_mod.gather_machine(root=tmp_path, environ=environ).machine()
     assert f.driver_status == "ok" and len(f.gpus) == len(machine.gpus)
     assert choose.choose_profile(f, profiles.load_all(environ)).profile.name == want
 

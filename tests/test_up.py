@@ -158,7 +158,7 @@ def test_up_prints_the_sudo_line_when_the_toolkit_link_is_not_writable(
         "from provisioner import up\n"
         "o = up.UpOptions(model='x', profile='cu126', yes=True)\n"
         "u = up.Up(o, root=Path(sys.argv[1]), environ=dict(os.environ), say=print, confirm=lambda q: True)\n"
-        "u.stage_diagnose(); u.stage_profile(); r = u.stage_toolkit()\n"
+        "r = u.run(until='toolkit').stages[-1]\n"
         "print('STATUS', r.status); print('MESSAGE', r.message)\n"
     )
     try:
@@ -168,7 +168,7 @@ def test_up_prints_the_sudo_line_when_the_toolkit_link_is_not_writable(
         os.chmod(root / "usr" / "local", 0o755)
     assert done.returncode == 0, done.stderr
     assert "STATUS warn" in done.stdout
-    assert "sudo provision cuda switch 12.6" in done.stdout
+    assert f"sudo provision --root {root} cuda switch 12.6" in done.stdout   # the root it was run under
     assert os.readlink(root / "usr" / "local" / "cuda") == "cuda-12.8"   # nothing was switched
 
 
@@ -240,9 +240,7 @@ def test_toolkit_refusal_is_a_warning_with_the_fix(tmp_path: Path, fake_machine:
     u = up.Up(up.UpOptions(model="x", profile="cu126"), root=root,
               environ=fake_machine(FakeMachine(driver="575.57.08", cuda=12090)), say=lambda _m: None,
               confirm=lambda q: asked.append(q) or True)
-    u.stage_diagnose()
-    u.stage_profile()
-    r = u.stage_toolkit()
+    r = u.run(until="toolkit").stages[-1]
     assert r.status == "warn", r
     assert r.message.startswith("not switched to CUDA 12.6: /usr/local/cuda is a real directory holding CUDA 12.8")
     assert "sudo mv /usr/local/cuda /usr/local/cuda-12.8" in str(r.data["fix"])

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.units import gib
+
+if TYPE_CHECKING:
+    from provisioner.up import UpSummary
 
 STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "done?", "skipped": "skipped",
                 "ran": "ran", "warn": "warn", "failed": "FAILED"}
@@ -113,14 +116,13 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
     s = result.summary
     if not result.did_work:
         app.echo("Nothing to do: every stage was already done (re-checked).")
-    rows = [("GPU", s["gpu"]), ("driver", f"{s['driver'] or 'none'}"
-                                          + (f" (CUDA {s['driver_cuda']})" if s["driver_cuda"] else "")),
-            ("toolkit", s["toolkit"]), ("profile", s["profile"]), ("environment", s["environment"]),
-            ("model", s["model"]), ("precision", f"{s['precision']} (context {s['context']})"),
+    rows = [("GPU", s.gpu), ("driver", f"{s.driver or 'none'}" + (f" (CUDA {s.driver_cuda})" if s.driver_cuda else "")),
+            ("toolkit", s.toolkit), ("profile", s.profile), ("environment", s.environment),
+            ("model", s.model), ("precision", f"{s.precision} (context {s.context})"),
             ("peak memory", _peak_text(s)),
-            ("first token", f"{s['time_to_first_token_s']:.2f} s" if s["time_to_first_token_s"] is not None else "?"),
-            ("speed", f"{s['tokens_per_s']:.1f} tokens/s" if s["tokens_per_s"] is not None else "?"),
-            ("reply", repr(s["reply"]))]
+            ("first token", f"{s.time_to_first_token_s:.2f} s" if s.time_to_first_token_s is not None else "?"),
+            ("speed", f"{s.tokens_per_s:.1f} tokens/s" if s.tokens_per_s is not None else "?"),
+            ("reply", repr(s.reply))]
     app.echo("Summary:")
     for key, value in rows:
         app.echo(f"  {key:<12} {value}")
@@ -128,9 +130,9 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         app.echo(f"\nStart chatting:\n  {result.chat_command}")
 
 
-def _peak_text(s: dict[str, Any]) -> str:
-    measured, estimated = s["measured_peak_bytes"], s["estimated_peak_bytes"]
-    if s["gpu"] == "none (CPU)":
+def _peak_text(s: UpSummary) -> str:
+    measured, estimated = s.measured_peak_bytes, s.estimated_peak_bytes
+    if s.on_cpu:
         # On the CPU the measurement is the process's peak RSS (Python and torch included), and the
         # estimate is for a GPU (CUDA context included): show both, but do not pretend they compare.
         return f"{gib(measured)} peak RSS (runtime included); GPU estimate {gib(estimated)}"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import ProvisionError, UsageError
@@ -35,7 +34,7 @@ class GpuFact:
 
 @dataclass(frozen=True)
 class MachineFacts:
-    """What the profile choice looks at; built by gather_facts() or directly in tests."""
+    """What the profile choice looks at: a view of facts.Facts (Facts.machine()), or built directly in tests."""
 
     driver_status: str = "no-library"             # gpu.DriverInfo.status
     driver_version: DriverVersion | None = None
@@ -102,27 +101,6 @@ class MachineFacts:
             toolkit=toolkit,
             driver=info,
         )
-
-
-def facts_to_dict(facts: MachineFacts) -> dict[str, Any]:
-    return facts.to_dict()
-
-
-def gather_facts(root: Path, environ: Mapping[str, str]) -> MachineFacts:
-    """NVML's view of the driver and GPUs (a subprocess) plus the /usr/local/cuda link under root."""
-    from provisioner import cuda
-    from provisioner.system import gpu
-
-    info = gpu.probe(environ)
-    toolkit: CudaVersion | None = None
-    try:
-        link = cuda.read_link(root, environ)
-        tk = getattr(link, "toolkit", None)
-        toolkit = getattr(tk, "version", None) if tk is not None else None
-    except ProvisionError:
-        # a broken link is verify's business; the choice just has no toolkit to prefer
-        toolkit = None
-    return MachineFacts.from_probe(info, toolkit)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     pass
 from provisioner.env.record import RECORD_NAME, env_status, is_building_now, read_record, read_registry, registry_path, resolve_env, update_registry
 from provisioner.env.backends import Location, Progress, Step, VenvBackend, step_environ
-from provisioner.env.create import CreatePlan, EnvResult, remove_step, apply_create, delete_prefix
+from provisioner.env.create import EnvResult, apply_create, delete_prefix
+from provisioner.env.plan import CreatePlan, remove_step
 
 
 @dataclass(frozen=True)
