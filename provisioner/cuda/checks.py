@@ -5,16 +5,26 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
+from provisioner.cuda.toolkit import (
+    LINK,
+    LOCAL,
+    VERSIONED,
+    Toolkit,
+    command_line,
+    inside,
+    nvcc_version,
+    system_path,
+    toolkits,
+    which_nvcc,
+)
 from provisioner.errors import ProvisionError
+from provisioner.report import Check, Status
 from provisioner.system import gpu
 from provisioner.system.checks import driver_install_fix
 from provisioner.versions import CudaVersion
-from provisioner.report import Check, Status
-from provisioner.cuda.toolkit import LINK, LOCAL, Toolkit, VERSIONED, command_line, inside, nvcc_version, system_path, toolkits, which_nvcc
+
 if TYPE_CHECKING:
     from provisioner.facts import Facts
 from provisioner.cuda.link import LinkState, cuda_entries, move_aside_hint, read_link
@@ -317,7 +327,6 @@ def _older_toolkit(drv: Any, current: CudaVersion, facts: Facts) -> str | None:
         if need is not None and drv >= need[0]:
             fits.append(t.version)
     return max(fits).short if fits else None
-
 
 
 # --------------------------------------------------------------------------- putting it together

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from provisioner.errors import ProvisionError
 
-
 SHELLS = ("bash", "zsh", "fish")
 BEGIN = "# >>> provision cuda >>>"
 END = "# <<< provision cuda <<<"

@@ -15,8 +15,6 @@ from provisioner.errors import ProvisionError
 from provisioner.paths import under_root
 from provisioner.versions import CudaVersion
 
-
-
 LOCAL = "/usr/local"
 LINK = "/usr/local/cuda"
 

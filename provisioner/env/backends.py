@@ -10,15 +10,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol
-
+from typing import Any, ContextManager, Protocol
 
 from provisioner import proc
 from provisioner.errors import CommandError, ProvisionError, UsageError
-
-if TYPE_CHECKING:
-    pass
-
 
 BACKENDS = ("auto", "conda", "mamba", "micromamba", "venv")
 CONDA_BACKENDS = ("conda", "mamba", "micromamba")

@@ -8,18 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.system import gpu
 from provisioner.env.target import EnvTarget
-from provisioner.report import Check, Status
 from provisioner.known_messages import explain
+from provisioner.report import Check, Status
+from provisioner.system import gpu
 from provisioner.system.checks import driver_install_fix
 from provisioner.versions import CudaVersion
 
 if TYPE_CHECKING:
     from provisioner.profiles import Profile
-
-
-
 
 
 def _provision(root: Path, args: str) -> str:

@@ -9,8 +9,8 @@ from provisioner.errors import ProvisionError, UsageError
 from provisioner.versions import CudaVersion, DriverVersion
 
 if TYPE_CHECKING:
-    from provisioner.system.gpu import DriverInfo
     from provisioner.profiles import Profile
+    from provisioner.system.gpu import DriverInfo
 
 #: Driver states that mean "no NVIDIA driver on this machine": a CPU build is the right answer.
 #: Any other non-ok state (module not loaded, NVML/RM mismatch, error) is a driver to repair, and

@@ -9,12 +9,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.env import lock as lockmod
-from provisioner.env.backends import (CONDA_BACKENDS, QUERY_TIMEOUT, CondaBackend, EnvBackend, Installer,
-                                      Location, Step, choose_backend, find_interpreter, pick_installer, which)
-from provisioner.env.record import (DEFAULT_NAME, RECORD_NAME, check_name, default_prefix, expand_path,
-                                    is_building_now, read_record, read_registry, record_path)
-from provisioner.env.sources import (check_url, find_local_wheels, local_dir, pin_build, pip_find_links,
-                                     source_args)
+from provisioner.env.backends import (
+    CONDA_BACKENDS,
+    QUERY_TIMEOUT,
+    CondaBackend,
+    EnvBackend,
+    Installer,
+    Location,
+    Step,
+    choose_backend,
+    find_interpreter,
+    pick_installer,
+    which,
+)
+from provisioner.env.record import (
+    DEFAULT_NAME,
+    RECORD_NAME,
+    check_name,
+    default_prefix,
+    expand_path,
+    is_building_now,
+    read_record,
+    read_registry,
+    record_path,
+)
+from provisioner.env.sources import (
+    check_url,
+    find_local_wheels,
+    local_dir,
+    pin_build,
+    pip_find_links,
+    source_args,
+)
 from provisioner.errors import ProvisionError, UsageError
 
 if TYPE_CHECKING:
@@ -136,7 +162,6 @@ class CreatePlan:
         }
 
 
-
 def _location(options: CreateOptions, backend: EnvBackend, environ: Mapping[str, str]) -> Location:
     if options.prefix is not None and options.name is not None:
         raise UsageError("--name and --prefix name the environment twice",
@@ -167,7 +192,6 @@ def _existing(location: Location, environ: Mapping[str, str]) -> dict[str, Any] 
         f"{prefix} already exists and was not created by provision (no {RECORD_NAME} in it); "
         "provision never deletes what it did not create",
         hint="choose another --prefix or --name, or move that directory away yourself")
-
 
 
 # --- deciding, one concern at a time ----------------------------------------------------------

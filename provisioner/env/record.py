@@ -11,17 +11,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-
-from provisioner.env import lock as lockmod
 from provisioner import paths
+from provisioner.env import lock as lockmod
 from provisioner.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
-
-
 
 #: The record provision keeps inside every environment it builds; no record, not ours.
 RECORD_NAME = "provision-env.json"

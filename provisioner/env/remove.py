@@ -6,19 +6,24 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-
-from provisioner.env import lock as lockmod
 from provisioner import proc
-from provisioner.errors import CommandError, ProvisionError
-
-if TYPE_CHECKING:
-    pass
-from provisioner.env.record import RECORD_NAME, env_status, is_building_now, read_record, read_registry, registry_path, resolve_env, update_registry
+from provisioner.env import lock as lockmod
 from provisioner.env.backends import Location, Progress, Step, VenvBackend, step_environ
 from provisioner.env.create import EnvResult, apply_create, delete_prefix
 from provisioner.env.plan import CreatePlan, remove_step
+from provisioner.env.record import (
+    RECORD_NAME,
+    env_status,
+    is_building_now,
+    read_record,
+    read_registry,
+    registry_path,
+    resolve_env,
+    update_registry,
+)
+from provisioner.errors import CommandError, ProvisionError
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from provisioner.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 from provisioner.env.lock import TORCH_FAMILY
+from provisioner.errors import UsageError
 
 
 def as_list(value: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from provisioner.system import gpu
-from provisioner.report import Check, Status
-from provisioner.known_messages import explain
 from provisioner.facts import Facts
+from provisioner.known_messages import explain
+from provisioner.report import Check, Status
+from provisioner.system import gpu
 from provisioner.units import gib
-
-if TYPE_CHECKING:
-    pass
-
-
 
 #: Warn when something other than us already holds this share of a GPU's memory.
 MEMORY_WARN_SHARE = 0.25
@@ -28,8 +23,6 @@ def _rate(bps: float) -> str:
 
 def _cc(cc: tuple[int, int] | None) -> str:
     return "?" if cc is None else f"{cc[0]}.{cc[1]}"
-
-
 
 
 def driver_install_fix(os_id: Sequence[str], *, at_least: str | None = None) -> str:
@@ -72,33 +65,31 @@ def check_driver(facts: Facts, *, root: Path = Path("/"), need_gpu: bool = True)
     info = facts.info
     if info is None:
         return []
-    modules, os_id = facts.modules, facts.os_id
+    fail = Status.FAIL if need_gpu else Status.WARN
+    return [_driver(facts, info, fail, need_gpu), _driver_cuda(info, facts.os_id),
+            _nouveau(facts.modules, info, fail, driver_install_fix(facts.os_id))]
+
+
+def _driver(facts: Facts, info: gpu.DriverInfo, fail: Status, need_gpu: bool) -> Check:
     pci = facts.pci_gpus or ()
     kernel = facts.kernel_driver
-    nouveau = modules is not None and "nouveau" in modules
-    nvidia_mod = modules is not None and "nvidia" in modules
+    nouveau = facts.modules is not None and "nouveau" in facts.modules
     data: dict[str, Any] = {"status": info.status, "error": info.error,
                             "driver_version": str(info.driver_version) if info.driver_version else None,
                             "nvml_version": info.nvml_version, "library": info.library,
                             "kernel_module": kernel, "pci_gpus": list(pci),
                             "seconds": round(info.seconds, 3) if info.seconds is not None else None}
-    install = driver_install_fix(os_id)
-    checks: list[Check] = []
-    fail = Status.FAIL if need_gpu else Status.WARN
-
     if info.status == "ok":
         n = len(info.gpus)
         who = f"NVIDIA driver {info.driver_version}" if info.driver_version else "an NVIDIA driver"
         msg = f"{who} loaded" + (f" (NVML {info.nvml_version})" if info.nvml_version else "") + f", {n} GPU(s)"
         if n == 0 and not facts.gpus_complete:
-            checks.append(Check("driver", Status.OK, f"{who} loaded", None, data))
-        elif n == 0:
-            checks.append(Check("driver", fail, msg + ": NVML lists no GPU",
-                                "check `nvidia-smi -L` and dmesg; a GPU that fell off the bus needs a reboot",
-                                data))
-        else:
-            checks.append(Check("driver", Status.OK, msg, None, data))
-    elif info.status == "no-library":
+            return Check("driver", Status.OK, f"{who} loaded", None, data)
+        if n == 0:
+            return Check("driver", fail, msg + ": NVML lists no GPU",
+                         "check `nvidia-smi -L` and dmesg; a GPU that fell off the bus needs a reboot", data)
+        return Check("driver", Status.OK, msg, None, data)
+    if info.status == "no-library":
         where = (f"an NVIDIA GPU is on the PCI bus ({', '.join(pci)})" if pci
                  else "no NVIDIA GPU was found on the PCI bus either")
         msg = f"no NVIDIA driver: libnvidia-ml.so.1 cannot be loaded ({info.error}); {where}"
@@ -106,65 +97,55 @@ def check_driver(facts: Facts, *, root: Path = Path("/"), need_gpu: bool = True)
             msg += "; the open-source nouveau driver is loaded instead"
         if not need_gpu:
             msg += " (the cpu profile does not need one)"
-        checks.append(Check("driver", fail, msg, install, data))
-    elif info.status == "not-loaded":
+        return Check("driver", fail, msg, driver_install_fix(facts.os_id), data)
+    if info.status == "not-loaded":
         msg = ("the NVIDIA driver's libraries are installed but its kernel module is not loaded "
                f"({info.error})")
-        fix = "sudo modprobe nvidia  (if it fails: `mokutil --sb-state` for Secure Boot, reinstall the driver for this kernel, reboot)"
+        fix = ("sudo modprobe nvidia  (if it fails: `mokutil --sb-state` for Secure Boot, reinstall the driver "
+               "for this kernel, reboot)")
         if nouveau:
-            msg += "; nouveau holds the GPU"
-            fix = _NOUVEAU_FIX
-        checks.append(Check("driver", fail, msg, fix, data))
-    elif info.status == "mismatch":
+            msg, fix = msg + "; nouveau holds the GPU", _NOUVEAU_FIX
+        return Check("driver", fail, msg, fix, data)
+    if info.status == "mismatch":
         lib = info.library_version
-        versions = ""
-        if kernel or lib:
-            versions = (f" (user-space library {lib or '?'}, loaded kernel module {kernel or '?'})")
-        msg = (f"NVML/RM version mismatch{versions}: the driver was upgraded but the old kernel "
-               f"module is still loaded ({info.error})")
-        checks.append(Check("driver", fail, msg, "sudo reboot", data))
-    else:
-        suffix, known_fix, _ = explain(info.error)
-        checks.append(Check("driver", fail, f"NVML failed: {info.error}{suffix}",
-                            known_fix or "run `nvidia-smi` and check `sudo dmesg | grep -i nvrm`", data))
+        versions = f" (user-space library {lib or '?'}, loaded kernel module {kernel or '?'})" if kernel or lib else ""
+        return Check("driver", fail, f"NVML/RM version mismatch{versions}: the driver was upgraded but the old "
+                     f"kernel module is still loaded ({info.error})", "sudo reboot", data)
+    suffix, known_fix, _ = explain(info.error)
+    return Check("driver", fail, f"NVML failed: {info.error}{suffix}",
+                 known_fix or "run `nvidia-smi` and check `sudo dmesg | grep -i nvrm`", data)
 
-    # driver.cuda: the newest CUDA this driver runs, from libcuda itself (nvmlSystemGetCudaDriverVersion_v2)
+
+def _driver_cuda(info: gpu.DriverInfo, os_id: Sequence[str]) -> Check:
+    """driver.cuda: the newest CUDA this driver runs, from libcuda itself (nvmlSystemGetCudaDriverVersion_v2)."""
     if info.status != "ok":
-        checks.append(Check("driver.cuda", Status.SKIP, "no usable driver to ask", None, {}))
-    elif info.cuda is not None:
-        checks.append(Check("driver.cuda", Status.OK,
-                            f"{'driver ' + str(info.driver_version) if info.driver_version else 'the driver'}"
-                            f" supports CUDA up to {info.cuda.short}",
-                            None, {"cuda": info.cuda.short}))
-    else:
-        err = info.errors.get("cuda", "unknown")
+        return Check("driver.cuda", Status.SKIP, "no usable driver to ask", None, {})
+    if info.cuda is not None:
+        who = f"driver {info.driver_version}" if info.driver_version else "the driver"
+        return Check("driver.cuda", Status.OK, f"{who} supports CUDA up to {info.cuda.short}", None,
+                     {"cuda": info.cuda.short})
+    err = info.errors.get("cuda", "unknown")
+    if "Not Found" in err or "Library" in err:
         branch = info.driver_version.branch if info.driver_version else None
-        if "Not Found" in err or "Library" in err:
-            fix = libcuda_fix(os_id, branch)
-            checks.append(Check("driver.cuda", Status.FAIL,
-                                f"libcuda.so.1 cannot be loaded ({err}): no CUDA program can use the GPU",
-                                fix, {"error": err}))
-        else:
-            checks.append(Check("driver.cuda", Status.WARN,
-                                f"the CUDA version the driver supports is unknown ({err})",
-                                None, {"error": err}))
+        return Check("driver.cuda", Status.FAIL,
+                     f"libcuda.so.1 cannot be loaded ({err}): no CUDA program can use the GPU",
+                     libcuda_fix(os_id, branch), {"error": err})
+    return Check("driver.cuda", Status.WARN, f"the CUDA version the driver supports is unknown ({err})",
+                 None, {"error": err})
 
-    # driver.nouveau
+
+def _nouveau(modules: frozenset[str] | None, info: gpu.DriverInfo, fail: Status, install: str) -> Check:
     if modules is None:
-        checks.append(Check("driver.nouveau", Status.SKIP, "/proc/modules cannot be read", None, {}))
-    elif nouveau and nvidia_mod:
-        checks.append(Check("driver.nouveau", Status.WARN,
-                            "both nouveau and nvidia kernel modules are loaded", _NOUVEAU_FIX,
-                            {"modules": ["nouveau", "nvidia"]}))
-    elif nouveau:
-        checks.append(Check("driver.nouveau", fail,
-                            "the nouveau kernel module is loaded: it claims the GPU, so the NVIDIA "
-                            "driver cannot (nouveau has no CUDA)",
-                            _NOUVEAU_FIX + ("" if info.status == "ok" else f"; then {install}"),
-                            {"modules": ["nouveau"]}))
-    else:
-        checks.append(Check("driver.nouveau", Status.OK, "nouveau is not loaded", None, {}))
-    return checks
+        return Check("driver.nouveau", Status.SKIP, "/proc/modules cannot be read", None, {})
+    if "nouveau" in modules and "nvidia" in modules:
+        return Check("driver.nouveau", Status.WARN, "both nouveau and nvidia kernel modules are loaded",
+                     _NOUVEAU_FIX, {"modules": ["nouveau", "nvidia"]})
+    if "nouveau" in modules:
+        return Check("driver.nouveau", fail,
+                     "the nouveau kernel module is loaded: it claims the GPU, so the NVIDIA driver cannot "
+                     "(nouveau has no CUDA)",
+                     _NOUVEAU_FIX + ("" if info.status == "ok" else f"; then {install}"), {"modules": ["nouveau"]})
+    return Check("driver.nouveau", Status.OK, "nouveau is not loaded", None, {})
 
 
 _NOUVEAU_FIX = ("echo 'blacklist nouveau' | sudo tee /etc/modprobe.d/blacklist-nouveau.conf && "

@@ -283,50 +283,56 @@ def _collect(environ: Mapping[str, str]) -> dict[str, Any]:
     if out["cuda"] is None:
         errors.update(cuda_errors)
     count = _field(errors, "count", pynvml.nvmlDeviceGetCount) or 0
-    gpus = []
-    for i in range(count):
-        gerr: dict[str, str] = {}
-        gpu: dict[str, Any] = {"index": i, "errors": gerr}
-        gpus.append(gpu)
-        handle = _field(gerr, "handle", pynvml.nvmlDeviceGetHandleByIndex, i)
-        if handle is None:
-            continue
-        gpu["name"] = _field(gerr, "name", pynvml.nvmlDeviceGetName, handle)
-        gpu["uuid"] = _field(gerr, "uuid", pynvml.nvmlDeviceGetUUID, handle)
-        cc = _field(gerr, "cc", pynvml.nvmlDeviceGetCudaComputeCapability, handle)
-        gpu["cc"] = list(cc) if cc else None
-        mem = _field(gerr, "memory", pynvml.nvmlDeviceGetMemoryInfo, handle)
-        if mem is not None:
-            gpu.update(memory_total=mem.total, memory_used=mem.used, memory_free=mem.free)
-        mem2 = _field({}, "memory_v2", pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2)
-        if mem2 is not None:
-            gpu["memory_reserved"] = mem2.reserved
-        gpu["bus_width_bits"] = _field(gerr, "bus_width_bits", pynvml.nvmlDeviceGetMemoryBusWidth, handle)
-        gpu["max_mem_clock_mhz"] = _field(gerr, "max_mem_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo,
-                                          handle, pynvml.NVML_CLOCK_MEM)
-        procs: list[dict[str, Any]] | None = []
-        for kind, query, older in (
-                ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses,
-                 pynvml.nvmlDeviceGetComputeRunningProcesses_v2),
-                ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses,
-                 pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2)):
-            found = _field(gerr, f"processes.{kind}", query, handle)
-            if found is None and "pyNVML version" in gerr.get(f"processes.{kind}", ""):
-                # an older driver without the *_v3 symbol still has *_v2
-                found = _field(gerr, f"processes.{kind}", older, handle)
-            if found is None:
-                continue
-            gerr.pop(f"processes.{kind}", None)
-            for p in found:
-                name = _field({}, "name", pynvml.nvmlSystemGetProcessName, p.pid) or ""
-                assert procs is not None
-                procs.append({"pid": p.pid, "name": name, "used_bytes": p.usedGpuMemory, "kind": kind})
-        if "processes.compute" in gerr and "processes.graphics" in gerr:
-            procs = None
-        gpu["processes"] = procs
+    gpus = [_collect_gpu(pynvml, i) for i in range(count)]
     out["gpus"] = gpus
     _field({}, "shutdown", pynvml.nvmlShutdown)
     return out
+
+
+def _collect_gpu(pynvml: Any, i: int) -> dict[str, Any]:
+    gerr: dict[str, str] = {}
+    gpu: dict[str, Any] = {"index": i, "errors": gerr}
+    handle = _field(gerr, "handle", pynvml.nvmlDeviceGetHandleByIndex, i)
+    if handle is None:
+        return gpu
+    gpu["name"] = _field(gerr, "name", pynvml.nvmlDeviceGetName, handle)
+    gpu["uuid"] = _field(gerr, "uuid", pynvml.nvmlDeviceGetUUID, handle)
+    cc = _field(gerr, "cc", pynvml.nvmlDeviceGetCudaComputeCapability, handle)
+    gpu["cc"] = list(cc) if cc else None
+    mem = _field(gerr, "memory", pynvml.nvmlDeviceGetMemoryInfo, handle)
+    if mem is not None:
+        gpu.update(memory_total=mem.total, memory_used=mem.used, memory_free=mem.free)
+    mem2 = _field({}, "memory_v2", pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2)
+    if mem2 is not None:
+        gpu["memory_reserved"] = mem2.reserved
+    gpu["bus_width_bits"] = _field(gerr, "bus_width_bits", pynvml.nvmlDeviceGetMemoryBusWidth, handle)
+    gpu["max_mem_clock_mhz"] = _field(gerr, "max_mem_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo,
+                                      handle, pynvml.NVML_CLOCK_MEM)
+    gpu["processes"] = _collect_processes(pynvml, handle, gerr)
+    return gpu
+
+
+def _collect_processes(pynvml: Any, handle: Any, gerr: dict[str, str]) -> list[dict[str, Any]] | None:
+    """Compute and graphics processes; None when neither list could be read."""
+    procs: list[dict[str, Any]] = []
+    for kind, query, older in (
+            ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses,
+             pynvml.nvmlDeviceGetComputeRunningProcesses_v2),
+            ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses,
+             pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2)):
+        found = _field(gerr, f"processes.{kind}", query, handle)
+        if found is None and "pyNVML version" in gerr.get(f"processes.{kind}", ""):
+            # an older driver without the *_v3 symbol still has *_v2
+            found = _field(gerr, f"processes.{kind}", older, handle)
+        if found is None:
+            continue
+        gerr.pop(f"processes.{kind}", None)
+        for p in found:
+            name = _field({}, "name", pynvml.nvmlSystemGetProcessName, p.pid) or ""
+            procs.append({"pid": p.pid, "name": name, "used_bytes": p.usedGpuMemory, "kind": kind})
+    if "processes.compute" in gerr and "processes.graphics" in gerr:
+        return None
+    return procs
 
 
 def main() -> int:

@@ -1,184 +1,25 @@
-"""`provision up`: the walkthrough's stages in order, each recorded so a rerun resumes; orchestration only."""
+"""The stages of `up`, in order, each with status() for the plan and run() to do it; each calls the
+same code as its own command."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from provisioner import state
 from provisioner.cuda import command_line
 from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.units import gib
-
-if TYPE_CHECKING:
-    from provisioner.env import EnvResult
-    from provisioner.env.choose import MachineFacts
-    from provisioner.facts import Facts
-    from provisioner.model.fit import FitReport
-    from provisioner.profiles import Profile
-
-STATE_FILE = "up.json"
-#: Downloads above this many bytes are confirmed first (without --yes).
-CONFIRM_DOWNLOAD_BYTES = 300 * 1024**2
-
-NO_GPU = "none (CPU)"
-STAGES: tuple[tuple[str, str], ...] = (
-    ("diagnose", "diagnose the machine"),
-    ("profile", "choose the profile"),
-    ("toolkit", "check the CUDA toolkit"),
-    ("env", "create or reuse the environment"),
-    ("fit", "check the model fits; choose precision and context"),
-    ("download", "download the model"),
-    ("smoke", "smoke-test chat"),
+from provisioner.up.records import Records, fingerprint
+from provisioner.up.types import (
+    CONFIRM_DOWNLOAD_BYTES,
+    Confirm,
+    Say,
+    StageFailed,
+    StageOutcome,
+    UpOptions,
+    UpState,
 )
-
-
-@dataclass
-class UpOptions:
-    model: str
-    profile: str = "auto"
-    name: str | None = None
-    prefix: Path | None = None
-    quant: str = "auto"                # auto | nf4 | int8 | none
-    context: int | None = None         # None: `model fit`'s default (4096, or the model's maximum)
-    yes: bool = False
-    cuda: str | None = None
-    backend: str = "auto"
-    python: str | None = None
-    torch: str | None = None
-    index_url: str | None = None
-    extra_index_url: str | None = None
-    find_links: str | None = None
-    allow_insecure_index: bool = False
-    endpoint: str | None = None
-    mirror: str | None = None
-    local_dir: Path | None = None
-    gpu_memory: str | None = None      # GiB as text, or "auto"
-    prompt: str | None = None
-    max_new_tokens: int = 64
-
-
-@dataclass
-class StageOutcome:
-    name: str
-    status: str                        # done | ran | skipped | warn | failed | todo
-    message: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class UpSummary:
-    """What `up` set up and measured: the summary table, and `summary` in `up --json`."""
-
-    gpu: str
-    driver: str | None
-    driver_cuda: str | None
-    toolkit: str
-    profile: str | None
-    environment: str | None
-    model: str
-    precision: str | None
-    context: int | None
-    estimated_peak_bytes: int | None
-    measured_peak_bytes: int | None
-    time_to_first_token_s: float | None
-    tokens_per_s: float | None
-    reply: str | None
-    chat_command: str | None
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.gpu == NO_GPU
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class UpResult:
-    stages: list[StageOutcome]
-    summary: UpSummary
-    did_work: bool
-
-    @property
-    def chat_command(self) -> str | None:
-        return self.summary.chat_command
-
-    @property
-    def ok(self) -> bool:
-        return all(s.status != "failed" for s in self.stages)
-
-    def to_document(self) -> dict[str, Any]:
-        return {"version": 1, "ok": self.ok, "did_work": self.did_work,
-                "stages": [s.to_dict() for s in self.stages], "summary": self.summary.to_dict(),
-                "chat_command": self.chat_command}
-
-
-class StageFailed(ProvisionError):
-    """A stage stopped `up`; earlier stages stay recorded, so a rerun resumes here."""
-
-
-Say = Callable[[str], None]
-Confirm = Callable[[str], bool]
-
-
-def fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class Records:
-    """Per-stage results in $XDG_STATE_HOME/provision/up.json, written after every stage."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        doc = state.read(environ, STATE_FILE)
-        # A damaged record (edited by hand, another version's) only costs a re-run of the stages.
-        stages = doc.get("stages") if isinstance(doc, dict) else None
-        self.stages: dict[str, dict[str, Any]] = (
-            {k: v for k, v in stages.items() if isinstance(v, dict)} if isinstance(stages, dict) else {})
-
-    def get(self, name: str, inputs: str) -> dict[str, Any] | None:
-        rec = self.stages.get(name)
-        if rec and rec.get("status") == "done" and rec.get("inputs") == inputs:
-            return dict(rec.get("result") or {})
-        return None
-
-    def done(self, name: str, inputs: str, result: Mapping[str, Any]) -> None:
-        self.stages[name] = {"status": "done", "inputs": inputs, "result": dict(result),
-                             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.save()
-
-    def failed(self, name: str, inputs: str, message: str) -> None:
-        self.stages[name] = {"status": "failed", "inputs": inputs, "message": message,
-                             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.save()
-
-    def save(self) -> None:
-        state.write(self.environ, STATE_FILE, {"version": 1, "stages": self.stages})
-
-
-def last_setup(environ: Mapping[str, str]) -> dict[str, str]:
-    """What the last successful `up` set up: {"env": prefix, "model": ..., "quant": ...} (keys absent
-    when unknown), so `provision chat` with no arguments talks to it."""
-    stages = Records(environ).stages
-    out: dict[str, str] = {}
-    env = (stages.get("env") or {}).get("result") or {}
-    smoke = (stages.get("smoke") or {}).get("result") or {}
-    if stages.get("env", {}).get("status") == "done" and env.get("prefix"):
-        out["env"] = str(env["prefix"])
-    if stages.get("smoke", {}).get("status") == "done":
-        for key in ("model", "quant"):
-            if smoke.get(key):
-                out[key] = str(smoke[key])
-    return out
 
 
 def is_local_model(model: str) -> bool:
@@ -201,26 +42,21 @@ def toolkit_writable(root: Path) -> bool:
     return all(cuda.writable(under_root(root, d)) for d in (cuda.LOCAL, cuda.STATE_DIR))
 
 
-@dataclass
-class UpState:
-    """What the stages hand each other, each field set by the stage named beside it."""
+class Run(Protocol):
+    """What a stage may use of the run: options, machine root, the records, the shared state."""
 
-    facts: Facts | None = None                # diagnose: the machine, read once
-    machine: MachineFacts | None = None       # diagnose: the profile choice's view of it
-    profile: Profile | None = None            # profile
-    env: EnvResult | None = None              # env
-    fit: FitReport | None = None              # fit
-    quant: str | None = None                  # fit: the smoke chat's --quant
-    estimate: int | None = None               # fit: estimated peak bytes
-    context: int | None = None                # fit
-    model_path: Path | None = None            # download
-    smoke: dict[str, Any] | None = None       # smoke: the smoke chat's result
-    inputs: dict[str, str] = field(default_factory=dict)   # stage -> fingerprint of what it was run with
+    o: UpOptions
+    root: Path
+    environ: Mapping[str, str]
+    say: Say
+    confirm: Confirm
+    records: Records
+    state: UpState
+    did_work: bool
 
-    @property
-    def gpus(self) -> bool:
-        info = self.facts.info if self.facts is not None else None
-        return bool(info is not None and info.loaded and info.gpus)
+    def fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed: ...
+
+    def confirm_torch(self, plan: Any) -> bool: ...
 
 
 class Stage:
@@ -229,20 +65,20 @@ class Stage:
     name = ""
     title = ""
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         return "todo", self.title
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         raise NotImplementedError
 
 
 class Diagnose(Stage):
     name, title = "diagnose", "diagnose the machine"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         return "check", f"{self.title} (cheap; always re-checked)"
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner import facts as facts_mod
 
         facts = facts_mod.gather_machine(root=up.root, environ=up.environ)
@@ -260,10 +96,10 @@ class Diagnose(Stage):
 class ChooseProfile(Stage):
     name, title = "profile", "choose the profile"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         return "check", f"{self.title} (cheap; always re-checked)"
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner import profiles
         from provisioner.env import choose
         from provisioner.versions import CudaVersion
@@ -282,10 +118,10 @@ class ChooseProfile(Stage):
 class Toolkit(Stage):
     name, title = "toolkit", "check the CUDA toolkit"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         return "check", f"{self.title} (switch only if the profile needs another installed toolkit)"
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner import cuda
 
         profile, facts = up.state.profile, up.state.facts
@@ -328,7 +164,7 @@ class Toolkit(Stage):
 class Environment(Stage):
     name, title = "env", "create or reuse the environment"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         from provisioner import env as envmod
 
         prefix = env_prefix(up.o, up.environ)
@@ -339,7 +175,7 @@ class Environment(Stage):
             return "todo", f"{self.title}: {prefix} was left half-built; it will be rebuilt"
         return "todo", f"{self.title} at {prefix}"
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner import env as envmod
 
         profile, o = up.state.profile, up.o
@@ -368,10 +204,10 @@ class Environment(Stage):
 class Fit(Stage):
     name, title = "fit", "check the model fits; choose precision and context"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         return "check", f"{self.title} (cheap; always re-checked)"
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner.model import fit
         from provisioner.model import info as modelinfo
 
@@ -411,7 +247,7 @@ class Fit(Stage):
 class Download(Stage):
     name, title = "download", "download the model"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         rec = up.records.stages.get(self.name) or {}
         path = Path(str((rec.get("result") or {}).get("path", "")))
         if is_local_model(up.o.model):
@@ -420,7 +256,7 @@ class Download(Stage):
             return "done", f"already downloaded to {path}"
         return "todo", self.title
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner.model import download
 
         o = up.o
@@ -449,12 +285,12 @@ class Download(Stage):
 class Smoke(Stage):
     name, title = "smoke", "smoke-test chat"
 
-    def status(self, up: Up) -> tuple[str, str]:
+    def status(self, up: Run) -> tuple[str, str]:
         if (up.records.stages.get(self.name) or {}).get("status") == "done":
             return "done", "passed before (re-run when the environment, model or precision changes)"
         return "todo", self.title
 
-    def run(self, up: Up) -> StageOutcome:
+    def run(self, up: Run) -> StageOutcome:
         from provisioner.model import smoke
 
         st = up.state
@@ -487,80 +323,6 @@ class Smoke(Stage):
 
 #: The walkthrough, in order (STAGES names the same stages for the plan and the records).
 PIPELINE: tuple[Stage, ...] = (Diagnose(), ChooseProfile(), Toolkit(), Environment(), Fit(), Download(), Smoke())
-
-
-class Up:
-    """Runs the stages in order; every stage calls the same code its own command uses."""
-
-    def __init__(self, opts: UpOptions, *, root: Path, environ: Mapping[str, str],
-                 say: Say, confirm: Confirm) -> None:
-        self.o = opts
-        self.root = root
-        self.environ = environ
-        self.say = say
-        self.confirm = confirm
-        self.records = Records(environ)
-        self.outcomes: list[StageOutcome] = []
-        self.state = UpState()
-        self.did_work = False
-
-    def plan(self) -> list[StageOutcome]:
-        """Each stage's state before anything runs: done / to do / skipped, with why."""
-        rows = []
-        for stage in PIPELINE:
-            status, why = stage.status(self)
-            rec = self.records.stages.get(stage.name) or {}
-            if rec.get("status") == "failed":
-                why += f" (failed last time: {rec.get('message', '')[:120]})"
-            rows.append(StageOutcome(stage.name, status, why))
-        return rows
-
-    def run(self, until: str | None = None) -> UpResult:
-        """Every stage in order (or up to and including `until`); a failure is recorded and raised."""
-        for stage in PIPELINE:
-            try:
-                outcome = stage.run(self)
-            except StageFailed as e:
-                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
-                raise
-            except ProvisionError as e:
-                self.records.failed(stage.name, self.state.inputs.get(stage.name, ""), e.message)
-                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
-                raise
-            self.outcomes.append(outcome)
-            self.say(f"[{outcome.status:>7}] {stage.name}: {outcome.message}")
-            if stage.name == until:
-                break
-        return UpResult(self.outcomes, self.summary(), self.did_work)
-
-    def fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
-        self.records.failed(name, inputs, message)
-        return StageFailed(message, hint=hint)
-
-    def confirm_torch(self, plan: Any) -> bool:
-        what = " ".join(plan.torch_requirements)
-        size = "a CPU build, about 200 MB" if plan.profile.is_cpu else "a CUDA build, several GB with its libraries"
-        return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
-
-    def summary(self) -> UpSummary:
-        st = self.state
-        info = st.facts.info if st.facts is not None else None
-        gpu = ", ".join(f"{g.name} ({g.sm})" for g in info.gpus) if st.gpus and info is not None else NO_GPU
-        smoke_data = st.smoke or {}
-        chat = None
-        if st.env is not None and st.model_path is not None:
-            chat = f"provision chat --env {st.env.prefix} --quant {st.quant} {st.model_path}"
-        return UpSummary(
-            gpu=gpu,
-            driver=str(info.driver_version) if info is not None and info.driver_version else None,
-            driver_cuda=info.cuda.short if info is not None and info.cuda else None,
-            toolkit=next((s.message for s in self.outcomes if s.name == "toolkit"), ""),
-            profile=st.profile.name if st.profile is not None else None,
-            environment=str(st.env.prefix) if st.env is not None else None,
-            model=str(st.model_path) if st.model_path is not None else self.o.model,
-            precision=st.quant, context=st.context, estimated_peak_bytes=st.estimate,
-            measured_peak_bytes=smoke_data.get("peak_bytes"), time_to_first_token_s=smoke_data.get("ttft_s"),
-            tokens_per_s=smoke_data.get("tokens_per_s"), reply=smoke_data.get("reply"), chat_command=chat)
 
 
 def _fit_quant(quant: str) -> str:

@@ -1,0 +1,95 @@
+"""Runs the stages in order, records each, and assembles the summary."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ProvisionError
+from provisioner.up.records import Records
+from provisioner.up.stages import PIPELINE
+from provisioner.up.types import (
+    NO_GPU,
+    Confirm,
+    Say,
+    StageFailed,
+    StageOutcome,
+    UpOptions,
+    UpResult,
+    UpState,
+    UpSummary,
+)
+
+
+class Up:
+    """Runs the stages in order; every stage calls the same code its own command uses."""
+
+    def __init__(self, opts: UpOptions, *, root: Path, environ: Mapping[str, str],
+                 say: Say, confirm: Confirm) -> None:
+        self.o = opts
+        self.root = root
+        self.environ = environ
+        self.say = say
+        self.confirm = confirm
+        self.records = Records(environ)
+        self.outcomes: list[StageOutcome] = []
+        self.state = UpState()
+        self.did_work = False
+
+    def plan(self) -> list[StageOutcome]:
+        """Each stage's state before anything runs: done / to do / skipped, with why."""
+        rows = []
+        for stage in PIPELINE:
+            status, why = stage.status(self)
+            rec = self.records.stages.get(stage.name) or {}
+            if rec.get("status") == "failed":
+                why += f" (failed last time: {rec.get('message', '')[:120]})"
+            rows.append(StageOutcome(stage.name, status, why))
+        return rows
+
+    def run(self, until: str | None = None) -> UpResult:
+        """Every stage in order (or up to and including `until`); a failure is recorded and raised."""
+        for stage in PIPELINE:
+            try:
+                outcome = stage.run(self)
+            except StageFailed as e:
+                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
+                raise
+            except ProvisionError as e:
+                self.records.failed(stage.name, self.state.inputs.get(stage.name, ""), e.message)
+                self.outcomes.append(StageOutcome(stage.name, "failed", e.message))
+                raise
+            self.outcomes.append(outcome)
+            self.say(f"[{outcome.status:>7}] {stage.name}: {outcome.message}")
+            if stage.name == until:
+                break
+        return UpResult(self.outcomes, self.summary(), self.did_work)
+
+    def fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
+        self.records.failed(name, inputs, message)
+        return StageFailed(message, hint=hint)
+
+    def confirm_torch(self, plan: Any) -> bool:
+        what = " ".join(plan.torch_requirements)
+        size = "a CPU build, about 200 MB" if plan.profile.is_cpu else "a CUDA build, several GB with its libraries"
+        return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
+
+    def summary(self) -> UpSummary:
+        st = self.state
+        info = st.facts.info if st.facts is not None else None
+        gpu = ", ".join(f"{g.name} ({g.sm})" for g in info.gpus) if st.gpus and info is not None else NO_GPU
+        smoke_data = st.smoke or {}
+        chat = None
+        if st.env is not None and st.model_path is not None:
+            chat = f"provision chat --env {st.env.prefix} --quant {st.quant} {st.model_path}"
+        return UpSummary(
+            gpu=gpu,
+            driver=str(info.driver_version) if info is not None and info.driver_version else None,
+            driver_cuda=info.cuda.short if info is not None and info.cuda else None,
+            toolkit=next((s.message for s in self.outcomes if s.name == "toolkit"), ""),
+            profile=st.profile.name if st.profile is not None else None,
+            environment=str(st.env.prefix) if st.env is not None else None,
+            model=str(st.model_path) if st.model_path is not None else self.o.model,
+            precision=st.quant, context=st.context, estimated_peak_bytes=st.estimate,
+            measured_peak_bytes=smoke_data.get("peak_bytes"), time_to_first_token_s=smoke_data.get("ttft_s"),
+            tokens_per_s=smoke_data.get("tokens_per_s"), reply=smoke_data.get("reply"), chat_command=chat)
