@@ -31,6 +31,44 @@ CHAT_ENV_REQUIREMENTS = (
 )
 
 
+#: Per-test limit where pytest-timeout is installed (the `test` extra has it); without the plugin the
+#: suite runs unchanged (an ini `timeout` key would make pytest fail with an INTERNALERROR).
+TEST_TIMEOUT = 900
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("timeout") and not config.getoption("timeout", None):
+        config.option.timeout = TEST_TIMEOUT
+
+
+def _real_gpu() -> str | None:
+    """Why the gpu-marked tests cannot run here, or None when NVML lists a real GPU."""
+    from provisioner.system import gpu
+
+    info = gpu.probe({k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML_")}, timeout=30)
+    if info.status != "ok" or not info.gpus:
+        return f"no NVIDIA GPU here ({info.error or info.status})"
+    return None
+
+
+#: Fixtures that build something heavy on first use (real venvs with torch, real CUDA wheels, full
+#: `env create` runs): a test that takes one is `slow`, whether or not it says so itself.
+HEAVY_FIXTURES = frozenset({"chat_env_python", "cpu_env", "real_cuda", "real_root", "tiny_models", "chat_probe",
+                            "no_bnb_env_python", "broken_torch_env_python", "conda_standin"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    why = _real_gpu() if gpu_items else None
+    for item in gpu_items:
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """HOME and the XDG dirs live in tmp_path; the hub is off: escaping fails loudly."""

@@ -325,6 +325,23 @@ def test_pip_config_find_links_reach_uv(tmp_path: Path) -> None:
     assert envmod.pip_find_links({**environ, "PIP_FIND_LINKS": "/x /y"}) == ("/x", "/y")
 
 
+def test_pip_config_is_read_under_the_root_and_from_environ_only(tmp_path: Path) -> None:
+    """--root: the system-wide pip.conf is <root>/etc/pip.conf (and <root>/etc/xdg/pip/pip.conf), never
+    this machine's; the user's file comes from environ's HOME; PIP_CONFIG_FILE=/dev/null reads none."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    (root / "etc" / "xdg" / "pip").mkdir(parents=True)
+    (root / "etc" / "pip.conf").write_text("[global]\nfind-links = /wheels/system\n")
+    environ = {"HOME": str(home)}
+    assert envmod.pip_config_find_links(environ, root) == ("/wheels/system",)
+    (root / "etc" / "xdg" / "pip" / "pip.conf").write_text("[install]\nfind-links = /wheels/xdg\n")
+    assert envmod.pip_config_find_links(environ, root) == ("/wheels/system",)    # /etc/pip.conf comes later
+    (home / ".config" / "pip").mkdir(parents=True)
+    (home / ".config" / "pip" / "pip.conf").write_text("[global]\nfind-links = /wheels/user\n")
+    assert envmod.pip_config_find_links(environ, root) == ("/wheels/user",)
+    assert envmod.pip_config_find_links({**environ, "PIP_CONFIG_FILE": os.devnull}, root) == ()
+    assert envmod.pip_config_find_links({"HOME": str(tmp_path / "nobody")}, tmp_path / "empty-root") == ()
+
+
 # --- audit additions: local wheel folders, completion only after verify, progress, export -------
 
 def test_missing_find_links_folder_is_refused(tmp_path: Path) -> None:

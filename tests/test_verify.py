@@ -21,34 +21,11 @@ from provisioner.system import gpu
 from provisioner.cli import main
 from provisioner.report import Check, Status
 from tests.fixtures_env import BuiltEnv, run_provision
+from tests.helpers_cuda import link_cuda, make_toolkit
 from tests.fixtures_nvml import (GIB, GTX_1080_TI, H100, RTX_5090, FakeGpu, FakeMachine, FakeProcess,
                                  MachineFactory)
 
 # ---------------------------------------------------------------------------- builders
-
-
-def make_toolkit(root: Path, version: str, patch: int) -> Path:
-    """A fake `<root>/usr/local/cuda-X.Y` whose bin/nvcc is a shell script: a 12.x nvcc cannot be
-    installed on these machines (NVIDIA's 12.x wheels carry no nvcc), so the script prints what the
-    real `nvcc --version` prints, and the tree holds the files a toolkit check looks for."""
-    base = root / "usr" / "local" / f"cuda-{version}"
-    (base / "bin").mkdir(parents=True)
-    (base / "include").mkdir()
-    (base / "lib64").mkdir()
-    nvcc = base / "bin" / "nvcc"
-    nvcc.write_text("#!/bin/sh\n# fake nvcc: only --version, with the real output format\n"
-                    "printf '%s\\n' 'nvcc: NVIDIA (R) Cuda compiler driver' "
-                    f"'Cuda compilation tools, release {version}, V{version}.{patch}'\n")
-    nvcc.chmod(0o755)
-    major, minor = version.split(".")
-    (base / "include" / "cuda.h").write_text(f"#define CUDA_VERSION {int(major) * 1000 + int(minor) * 10}\n")
-    (base / "include" / "cuda_runtime.h").write_text("/* fake */\n")
-    (base / "lib64" / f"libcudart.so.{major}").write_bytes(b"")
-    return base
-
-
-def link_cuda(root: Path, version: str) -> None:
-    (root / "usr" / "local" / "cuda").symlink_to(f"cuda-{version}")
 
 
 def by_id(checks: list[Check]) -> dict[str, Check]:
@@ -186,9 +163,9 @@ def test_no_driver_this_machine(root: Path, no_driver_environ: dict[str, str], b
 
 def test_driver_too_old_for_linked_toolkit(root: Path, fake_machine: MachineFactory,
                                            bare_env_python: Path) -> None:
-    make_toolkit(root, "12.8", 93)
-    make_toolkit(root, "12.4", 131)
-    link_cuda(root, "12.8")
+    make_toolkit(root, "12.8.93")
+    make_toolkit(root, "12.4.131")
+    link_cuda(root, "cuda-12.8")
     c = run(root, fake_machine(driver="515.65.01", cuda=11070), bare_env_python)
     assert c["cuda.link"].status is Status.OK
     d = c["cuda.driver"]
@@ -201,9 +178,9 @@ def test_driver_too_old_for_linked_toolkit(root: Path, fake_machine: MachineFact
 
 def test_driver_in_minor_version_compat_range(root: Path, fake_machine: MachineFactory,
                                               bare_env_python: Path) -> None:
-    make_toolkit(root, "12.8", 93)
-    make_toolkit(root, "12.4", 131)
-    link_cuda(root, "12.8")
+    make_toolkit(root, "12.8.93")
+    make_toolkit(root, "12.4.131")
+    link_cuda(root, "cuda-12.8")
     c = run(root, fake_machine(driver="550.54.15", cuda=12040), bare_env_python)
     d = c["cuda.driver"]
     assert d.status is Status.WARN and "minor-version-compatibility floor (>= 525.60.13)" in d.message
@@ -212,8 +189,8 @@ def test_driver_in_minor_version_compat_range(root: Path, fake_machine: MachineF
 
 
 def test_driver_new_enough(root: Path, fake_machine: MachineFactory, bare_env_python: Path) -> None:
-    make_toolkit(root, "12.8", 93)
-    link_cuda(root, "12.8")
+    make_toolkit(root, "12.8.93")
+    link_cuda(root, "cuda-12.8")
     c = run(root, fake_machine(driver="575.57.08"), bare_env_python)
     assert c["cuda.driver"].status is Status.OK
     assert c["cuda.driver"].message == "driver 575.57.08 >= 570.26, the minimum for CUDA 12.8"
@@ -497,8 +474,8 @@ def test_cli_unknown_profile_is_usage_error(root: Path, no_driver_environ: dict[
 
 def test_whole_json_document(root: Path, fake_machine: MachineFactory, chat_env_python: Path) -> None:
     """`provision --root R verify --json --env CHAT` in a real process: one document on stdout."""
-    make_toolkit(root, "12.8", 93)
-    link_cuda(root, "12.8")
+    make_toolkit(root, "12.8.93")
+    link_cuda(root, "cuda-12.8")
     desktop = FakeGpu(mem_used=3 * GIB, gfx_procs=(FakeProcess(1234, 3 * GIB, "/usr/lib/xorg/Xorg"),))
     env = fake_machine(gpus=(desktop,), driver="560.35.03", cuda=12060)
     env["PATH"] = "/usr/bin:/bin"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from provisioner import profiles
 from provisioner.cli import main
 from tests.fixtures_nvml import FakeMachine, MachineFactory
-from tests.test_verify import link_cuda, make_toolkit
+from tests.helpers_cuda import link_cuda, make_toolkit
 
 UBUNTU = 'NAME="Ubuntu"\nID=ubuntu\nID_LIKE=debian\n'
 DEBIAN = 'NAME="Debian GNU/Linux"\nID=debian\n'
@@ -37,17 +37,17 @@ class State:
 
 
 def _toolkit_128(root: Path) -> None:
-    make_toolkit(root, "12.8", 93)
-    link_cuda(root, "12.8")
+    make_toolkit(root, "12.8.93")
+    link_cuda(root, "cuda-12.8")
 
 
 def _dangling_link(root: Path) -> None:
-    make_toolkit(root, "12.8", 93)
-    link_cuda(root, "12.9")          # cuda-12.9 was removed, the link still points there
+    make_toolkit(root, "12.8.93")
+    link_cuda(root, "cuda-12.9")          # cuda-12.9 was removed, the link still points there
 
 
 def _link_is_directory(root: Path) -> None:
-    make_toolkit(root, "12.8", 93).rename(root / "usr/local/cuda")
+    make_toolkit(root, "12.8.93").rename(root / "usr/local/cuda")
 
 
 def _old_stack_profile(root: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,17 +64,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         raise UsageError("--name and --prefix are exclusive", hint="give one of them")
     if endpoint and mirror:
         raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
-    if profile not in ("", "auto"):
-        # Fail before the plan (and in --dry-run too): the profile stage would refuse it anyway.
-        import difflib
-
-        from provisioner import profiles
-
-        known = profiles.load_all(app.environ)
-        if profile not in known:
-            close = difflib.get_close_matches(profile, list(known), n=1, cutoff=0.5)
-            raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-                             hint=f"known profiles: {', '.join(known)}; or use --profile auto")
+    _check_profile_name(profile, app.environ)
     if model is None:
         from provisioner.model import smoke
 
@@ -84,14 +75,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
                         allow_insecure_index=allow_insecure_index, endpoint=endpoint, mirror=mirror,
                         local_dir=local_dir, gpu_memory=gpu_memory, prompt=prompt,
                         max_new_tokens=max_new_tokens, yes=yes)
-    interactive = sys.stdin is not None and sys.stdin.isatty()
-
-    def confirm(question: str) -> bool:
-        if not interactive:
-            raise ProvisionError(f"{question} (needs confirmation, and stdin is not a terminal)",
-                                 hint="re-run with --yes")
-        return click.confirm(question, default=False, err=True)
-
+    confirm = _confirmer(sys.stdin is not None and sys.stdin.isatty())
     runner = up.Up(opts, root=app.root, environ=app.environ, say=app.info, confirm=confirm)
     plan = runner.plan()
     app.info("Plan:")
@@ -128,6 +112,31 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         app.echo(f"  {key:<12} {value}")
     if result.chat_command:
         app.echo(f"\nStart chatting:\n  {result.chat_command}")
+
+
+def _check_profile_name(profile: str, environ: Mapping[str, str]) -> None:
+    """Fail before the plan (and in --dry-run too): the profile stage would refuse it anyway."""
+    if profile in ("", "auto"):
+        return
+    import difflib
+
+    from provisioner import profiles
+
+    known = profiles.load_all(environ)
+    if profile not in known:
+        close = difflib.get_close_matches(profile, list(known), n=1, cutoff=0.5)
+        raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                         hint=f"known profiles: {', '.join(known)}; or use --profile auto")
+
+
+def _confirmer(interactive: bool) -> Callable[[str], bool]:
+    def confirm(question: str) -> bool:
+        if not interactive:
+            raise ProvisionError(f"{question} (needs confirmation, and stdin is not a terminal)",
+                                 hint="re-run with --yes")
+        return click.confirm(question, default=False, err=True)
+
+    return confirm
 
 
 def _peak_text(s: UpSummary) -> str:

@@ -268,7 +268,7 @@ def python_version(options: CreateOptions, source: ProfileSource) -> tuple[str, 
 
 
 def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Sequence[str],
-                  python: str, environ: Mapping[str, str]) -> Sources:
+                  python: str, environ: Mapping[str, str], root: Path = Path("/")) -> Sources:
     """Index URLs (https unless allowed), wheel folders (which must exist), and the local pinned builds."""
     allow = options.allow_insecure_index
     default_index = source.lock.torch_index_url if source.lock else source.profile.torch_index_url
@@ -286,7 +286,7 @@ def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Seq
                              hint="give the folder that holds the wheel files (or an https:// URL)")
     # pip reads PIP_FIND_LINKS / PIP_INDEX_URL itself; uv reads none of them, so for uv they are
     # passed explicitly (and the local-wheel search sees them in both cases).
-    env_links = pip_find_links(environ)
+    env_links = pip_find_links(environ, root)
     sources = Sources(torch_index, extra, links, env_links, environ.get("PIP_INDEX_URL") or None, {})
     # A local wheel folder that already holds the exact pinned builds answers for the torch index
     # (air-gapped machines, mirrors, CI): the labelled pin cannot match any other build.
@@ -397,7 +397,7 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     source = resolve_profile(options, facts, environ, profiles)
     version, notes = python_version(options, source)
     torch_reqs, package_reqs = requirements(options, source)
-    sources = wheel_sources(options, source, torch_reqs, version, environ)
+    sources = wheel_sources(options, source, torch_reqs, version, environ, root)
     installer, backend, interpreter, tool_notes = tools(options, version, environ)
     location = _location(options, backend, environ)
     python = backend.python(location.prefix)

@@ -12,6 +12,7 @@ from packaging.version import InvalidVersion, Version
 
 from provisioner.env.lock import TORCH_FAMILY
 from provisioner.errors import UsageError
+from provisioner.paths import under_root
 
 
 def as_list(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -109,12 +110,29 @@ def pip_env_list(environ: Mapping[str, str], var: str) -> tuple[str, ...]:
     return tuple(environ.get(var, "").split())
 
 
-def pip_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+def pip_find_links(environ: Mapping[str, str], root: Path = Path("/")) -> tuple[str, ...]:
     """The wheel folders pip would search: PIP_FIND_LINKS, else `find-links` in pip's config files."""
-    return pip_env_list(environ, "PIP_FIND_LINKS") or pip_config_find_links(environ)
+    return pip_env_list(environ, "PIP_FIND_LINKS") or pip_config_find_links(environ, root)
 
 
-def pip_config_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+def pip_config_files(environ: Mapping[str, str], root: Path = Path("/")) -> list[Path]:
+    """pip's configuration files in pip's order (a later one wins): the system-wide ones under root
+    (XDG_CONFIG_DIRS, /etc), then the user's (from environ), then PIP_CONFIG_FILE. With
+    PIP_CONFIG_FILE set to the null device pip loads no file at all."""
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:
+        return []
+    home = Path(environ.get("HOME") or Path.home())
+    dirs = [d for d in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
+    files = [under_root(root, d) / "pip" / "pip.conf" for d in reversed(dirs)]
+    files.append(under_root(root, "/etc/pip.conf"))
+    files += [home / ".pip" / "pip.conf",
+              Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf"]
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    return files
+
+
+def pip_config_find_links(environ: Mapping[str, str], root: Path = Path("/")) -> tuple[str, ...]:
     """`find-links` from pip's configuration files, in pip's order (the last file wins).
 
     uv reads no pip configuration, so a local wheel folder that pip is configured with (an
@@ -123,13 +141,7 @@ def pip_config_find_links(environ: Mapping[str, str]) -> tuple[str, ...]:
     """
     import configparser
 
-    home = Path(environ.get("HOME") or Path.home())
-    dirs = [d for d in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
-    files = [Path(d) / "pip" / "pip.conf" for d in reversed(dirs)] + [Path("/etc/pip.conf")]
-    files += [home / ".pip" / "pip.conf",
-              Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf"]
-    if environ.get("PIP_CONFIG_FILE"):
-        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    files = pip_config_files(environ, root)
     found: tuple[str, ...] = ()
     for f in files:
         parser = configparser.RawConfigParser()

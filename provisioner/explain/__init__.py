@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.system import gpu
+from provisioner.system import gpu, gpuarch
 from provisioner.errors import ProvisionError
 from provisioner.explain import causes as causes_mod
 from provisioner.explain import nvcc as nvcc_mod
@@ -113,44 +113,31 @@ def report_facts(doc: text.Doc) -> Facts | None:
 
 # --------------------------------------------------------------------------- pastes
 
-def _driver_info(smis: Sequence[smi_mod.Smi], envs: Sequence[pyenv_mod.PyEnv],
-                 found: Sequence[causes_mod.Cause]) -> tuple[gpu.DriverInfo | None, bool]:
-    """(DriverInfo, whether the GPU list is complete) from what the pastes show."""
-    smi = next((s for s in smis if s.status is not None), None)
-    driver_version = (smi.driver_version if smi else None) or next(
-        (e.driver_version for e in envs if e.driver_version), None)
-    cuda_text = smi.cuda if smi else None
-    too_old = next((c for c in found if c.id == "driver-too-old" and c.values.get("driver_cuda")), None)
-    if cuda_text is None and too_old is not None:
-        cuda_text = too_old.values["driver_cuda"]
-    gpus: list[gpu.GpuInfo] = []
-    complete = False
-    if smi is not None and smi.gpus is not None:
-        complete = True
-        for g in smi.gpus:
-            total = g["memory_total_mib"] * MIB if g["memory_total_mib"] is not None else None
-            used = g["memory_used_mib"] * MIB if g["memory_used_mib"] is not None else None
-            from provisioner.system import gpuarch
+def _smi_gpus(smi: smi_mod.Smi) -> list[gpu.GpuInfo]:
+    """The GPUs of nvidia-smi's rows (or `-L` list), with the memory the table shows."""
+    gpus = []
+    for g in smi.gpus or ():
+        total = g["memory_total_mib"] * MIB if g["memory_total_mib"] is not None else None
+        used = g["memory_used_mib"] * MIB if g["memory_used_mib"] is not None else None
+        gpus.append(gpu.GpuInfo(
+            index=g["index"], name=g["name"], cc=gpuarch.compute_capability(g["name"]),
+            memory_total=total, memory_used=used,
+            memory_free=total - used if total is not None and used is not None else None,
+            processes=None,
+            errors={"processes.compute": "not in the paste", "bus_width_bits": "not in the paste"}))
+    return gpus
 
-            gpus.append(gpu.GpuInfo(
-                index=g["index"], name=g["name"], cc=gpuarch.compute_capability(g["name"]),
-                memory_total=total, memory_used=used,
-                memory_free=total - used if total is not None and used is not None else None,
-                processes=None,
-                errors={"processes.compute": "not in the paste", "bus_width_bits": "not in the paste"}))
-    else:
-        names = next((e.gpus for e in envs if e.gpus), [])
-        from provisioner.system import gpuarch
 
-        gpus = [gpu.GpuInfo(index=i, name=n, cc=gpuarch.compute_capability(n), processes=None,
-                            errors={"memory": "not in the paste", "processes.compute": "not in the paste"})
-                for i, n in enumerate(names)]
-        complete = bool(gpus)
-    status = smi.status if smi else None
-    if status is None and (driver_version or gpus or cuda_text):
-        status = "ok"
-    if status is None:
-        return None, False
+def _env_gpus(envs: Sequence[pyenv_mod.PyEnv]) -> list[gpu.GpuInfo]:
+    """The GPUs of the first collect_env that names any: names only."""
+    names = next((e.gpus for e in envs if e.gpus), [])
+    return [gpu.GpuInfo(index=i, name=n, cc=gpuarch.compute_capability(n), processes=None,
+                        errors={"memory": "not in the paste", "processes.compute": "not in the paste"})
+            for i, n in enumerate(names)]
+
+
+def _driver_cuda(smi: smi_mod.Smi | None, cuda_text: str | None) -> tuple[CudaVersion | None, dict[str, str]]:
+    """The driver's CUDA version, or why it is unknown (as DriverInfo.errors)."""
     errors: dict[str, str] = {}
     cuda = None
     if cuda_text:
@@ -162,6 +149,30 @@ def _driver_info(smis: Sequence[smi_mod.Smi], envs: Sequence[pyenv_mod.PyEnv],
         errors["cuda"] = f"nvidia-smi shows CUDA Version: {smi.cuda_cell}"
     else:
         errors["cuda"] = "not in the paste"
+    return cuda, errors
+
+
+def _driver_info(smis: Sequence[smi_mod.Smi], envs: Sequence[pyenv_mod.PyEnv],
+                 found: Sequence[causes_mod.Cause]) -> tuple[gpu.DriverInfo | None, bool]:
+    """(DriverInfo, whether the GPU list is complete) from what the pastes show."""
+    smi = next((s for s in smis if s.status is not None), None)
+    driver_version = (smi.driver_version if smi else None) or next(
+        (e.driver_version for e in envs if e.driver_version), None)
+    cuda_text = smi.cuda if smi else None
+    too_old = next((c for c in found if c.id == "driver-too-old" and c.values.get("driver_cuda")), None)
+    if cuda_text is None and too_old is not None:
+        cuda_text = too_old.values["driver_cuda"]
+    if smi is not None and smi.gpus is not None:
+        gpus, complete = _smi_gpus(smi), True
+    else:
+        gpus = _env_gpus(envs)
+        complete = bool(gpus)
+    status = smi.status if smi else None
+    if status is None and (driver_version or gpus or cuda_text):
+        status = "ok"
+    if status is None:
+        return None, False
+    cuda, errors = _driver_cuda(smi, cuda_text)
     try:
         version = DriverVersion.parse(driver_version) if driver_version else None
     except ProvisionError:
@@ -291,7 +302,7 @@ def _check_causes(checks: Sequence[Check], readings: Sequence[Reading], known: s
 
 def _driver_fix(facts: Facts, environ: Mapping[str, str]) -> str:
     """Upgrade the driver to at least what the walkthrough's profile (cu126) needs."""
-    from provisioner import profiles, verify
+    from provisioner import profiles
 
     try:
         floor = profiles.get("cu126", environ).driver_min

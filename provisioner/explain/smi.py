@@ -48,28 +48,36 @@ class Smi:
     unread: list[str] = field(default_factory=list)
 
 
-def parse(doc: Doc) -> Smi:
-    out = Smi()
-    flat = doc.flat
+class _Reader:
+    """One document's flat text and the `Smi` being filled from it."""
 
-    def read(fact: str, value: Any, offset: int) -> None:
-        n, text = doc.where(offset)
-        out.readings.append(Reading(fact, value, doc.name, n, text))
+    def __init__(self, doc: Doc) -> None:
+        self.doc, self.flat, self.out = doc, doc.flat, Smi()
 
+    def read(self, fact: str, value: Any, offset: int) -> None:
+        n, text = self.doc.where(offset)
+        self.out.readings.append(Reading(fact, value, self.doc.name, n, text))
+
+    def unread(self, offset: int, why: str) -> None:
+        self.out.unread.append(f"{self.doc.name}:{self.doc.line_of(offset)}: {why}")
+
+
+def _header(r: _Reader) -> None:
+    """The banner, the driver version, the NVML version and the CUDA cell."""
+    out, flat = r.out, r.flat
     banner = BANNER.search(flat)
     if banner:
         out.banner = banner[1]
     driver = DRIVER.search(flat)
     if driver:
         out.status, out.driver_version = "ok", driver[1]
-        read("driver.version", driver[1], driver.start())
+        r.read("driver.version", driver[1], driver.start())
         if out.banner and out.banner != driver[1]:
-            out.unread.append(f"{doc.name}:{doc.line_of(driver.start())}: the NVIDIA-SMI banner "
-                              f"({out.banner}) differs from the driver ({driver[1]}), as under WSL2, "
-                              "Docker Desktop or after an upgrade without reboot: the driver value is used")
+            r.unread(driver.start(), f"the NVIDIA-SMI banner ({out.banner}) differs from the driver "
+                                     f"({driver[1]}), as under WSL2, Docker Desktop or after an upgrade "
+                                     "without reboot: the driver value is used")
     elif banner:
-        out.unread.append(f"{doc.name}:{doc.line_of(banner.start())}: an nvidia-smi header without a "
-                          "readable driver version (cut off?)")
+        r.unread(banner.start(), "an nvidia-smi header without a readable driver version (cut off?)")
     nvml = NVML.search(flat)
     if nvml:
         out.nvml_version = nvml[1]
@@ -77,64 +85,84 @@ def parse(doc: Doc) -> Smi:
     if cuda and (driver or banner or nvml):
         out.cuda_cell = cuda[1]
         out.cuda = cuda[1] if cuda[1][0].isdigit() else None
-        read("driver.cuda", out.cuda, cuda.start())
+        r.read("driver.cuda", out.cuda, cuda.start())
 
-    rows = list(ROW.finditer(flat))
-    if rows:
-        out.status = out.status or "ok"
-        end_of_table = PROCESSES.search(flat, rows[-1].end())
-        gpus = []
-        seen = set()
-        for i, row in enumerate(rows):
-            stop = rows[i + 1].start() if i + 1 < len(rows) else (
-                end_of_table.start() if end_of_table else len(flat))
-            segment = flat[row.end():stop]
-            mem = MEMORY.search(segment)
-            key = (row[1], row[3])
-            if key in seen:
-                continue
-            seen.add(key)
-            gpu = {"index": int(row[1]), "name": row[2].strip() or None, "bus_id": row[3],
-                   "memory_total_mib": int(mem[2]) if mem else None,
-                   "memory_used_mib": int(mem[1]) if mem else None}
-            if mem is None:
-                why = ("the memory cell says Not Supported" if NOT_SUPPORTED.search(segment)
-                       else "the memory cell is not in the paste")
-                out.unread.append(f"{doc.name}:{doc.line_of(row.start())}: GPU {row[1]} memory: {why}")
-            gpus.append(gpu)
-            read(f"gpu.{gpu['index']}", {k: gpu[k] for k in ("name", "memory_total_mib",
-                                                                "memory_used_mib")}, row.start())
-        out.gpus = gpus
 
-    if not rows:
-        listed = list(LIST.finditer(flat))
-        if listed:
-            out.gpus = []
-            for m in listed:
-                gpu = {"index": int(m[1]), "name": m[2].strip(), "bus_id": None,
-                       "memory_total_mib": None, "memory_used_mib": None}
-                out.gpus.append(gpu)
-                read(f"gpu.{gpu['index']}", {"name": gpu["name"], "memory_total_mib": None,
-                                             "memory_used_mib": None}, m.start())
-            out.status = out.status or "ok"
+def _table_gpus(r: _Reader, rows: list[re.Match[str]]) -> None:
+    """The table's GPU rows, each with the memory cell between it and the next row (or the Processes table)."""
+    flat = r.flat
+    r.out.status = r.out.status or "ok"
+    end_of_table = PROCESSES.search(flat, rows[-1].end())
+    gpus = []
+    seen = set()
+    for i, row in enumerate(rows):
+        stop = rows[i + 1].start() if i + 1 < len(rows) else (
+            end_of_table.start() if end_of_table else len(flat))
+        segment = flat[row.end():stop]
+        mem = MEMORY.search(segment)
+        key = (row[1], row[3])
+        if key in seen:
+            continue
+        seen.add(key)
+        gpu = {"index": int(row[1]), "name": row[2].strip() or None, "bus_id": row[3],
+               "memory_total_mib": int(mem[2]) if mem else None,
+               "memory_used_mib": int(mem[1]) if mem else None}
+        if mem is None:
+            why = ("the memory cell says Not Supported" if NOT_SUPPORTED.search(segment)
+                   else "the memory cell is not in the paste")
+            r.unread(row.start(), f"GPU {row[1]} memory: {why}")
+        gpus.append(gpu)
+        r.read(f"gpu.{gpu['index']}", {k: gpu[k] for k in ("name", "memory_total_mib", "memory_used_mib")},
+               row.start())
+    r.out.gpus = gpus
 
+
+def _listed_gpus(r: _Reader) -> None:
+    """`nvidia-smi -L`: `GPU 0: NAME (UUID: GPU-...)` lines, names only."""
+    listed = list(LIST.finditer(r.flat))
+    if not listed:
+        return
+    r.out.gpus = []
+    for m in listed:
+        gpu = {"index": int(m[1]), "name": m[2].strip(), "bus_id": None,
+               "memory_total_mib": None, "memory_used_mib": None}
+        r.out.gpus.append(gpu)
+        r.read(f"gpu.{gpu['index']}", {"name": gpu["name"], "memory_total_mib": None,
+                                       "memory_used_mib": None}, m.start())
+    r.out.status = r.out.status or "ok"
+
+
+def _failures(r: _Reader, has_rows: bool) -> None:
+    """The failure messages: a driver/library mismatch, no driver loaded, no devices found."""
+    out, flat = r.out, r.flat
     failure = MISMATCH.search(flat)
     if failure:
         out.status, out.error = "mismatch", "Failed to initialize NVML: Driver/library version mismatch"
-        read("driver.status", "mismatch", failure.start())
+        r.read("driver.status", "mismatch", failure.start())
         lib = LIB_VERSION.search(flat)
         if lib:
             out.library_version = lib[1]
-            read("driver.library_version", lib[1], lib.start())
+            r.read("driver.library_version", lib[1], lib.start())
     failure = NOT_LOADED.search(flat)
     if failure and out.status != "ok":
         out.status = "not-loaded"
         out.error = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"
-        read("driver.status", "not-loaded", failure.start())
+        r.read("driver.status", "not-loaded", failure.start())
     failure = NO_DEVICES.search(flat)
-    if failure and not rows:
+    if failure and not has_rows:
         out.status = out.status if out.status in ("mismatch", "not-loaded") else "ok"
         out.gpus = []
         out.error = "No devices were found"
-        read("gpus", [], failure.start())
-    return out
+        r.read("gpus", [], failure.start())
+
+
+def parse(doc: Doc) -> Smi:
+    r = _Reader(doc)
+    _header(r)
+    rows = list(ROW.finditer(r.flat))
+    if rows:
+        _table_gpus(r, rows)
+    else:
+        _listed_gpus(r)
+    _failures(r, bool(rows))
+    return r.out

@@ -1,17 +1,10 @@
 """Mirror-safe, resumable model downloads through huggingface_hub, with a disk check before the first byte.
 
-huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, when it is first
-imported (huggingface_hub/constants.py), so the hub work runs in a child interpreter,
-`python -m provisioner.model.download`, started through proc.run with exactly the environment this module
-computed (endpoint set, xet off). The parent plans (file list, sizes, data hosts, disk space) and
-renders; the child talks to the hub and writes a JSON result file.
-
-Resuming: huggingface_hub 2.4 downloads into a per-process temporary file that it deletes when the
-transfer fails (file_download.py `_download_to_tmp_and_move`), so an interrupted run starts over
-(huggingface/huggingface_hub#4196). Weight files (LFS) therefore go through `http_get` into our own
-`<blob>.incomplete` file, continued with `Range: bytes=N-` on the next run, checked against the
-sha256 the hub publishes, then handed to `hf_hub_download`, which links it into the cache (or writes
-its local-dir metadata) without downloading again. Small files go through `hf_hub_download` directly.
+huggingface_hub reads its settings once, when it is first imported, so the hub work runs in a child
+interpreter, `python -m provisioner.model.hub_worker`, started through proc.run with exactly the
+environment this module computed (endpoint set, xet off). The parent (this module) plans (file list,
+sizes, data hosts, disk space), renders and explains failures; the child talks to the hub, writes a
+JSON result file, and keeps partial weight files so the next run resumes them (see hub_worker).
 
 Xet is always off here (HF_HUB_DISABLE_XET=1): the hf_xet client ignores HF_ENDPOINT
 (huggingface/xet-core#470) and restarts failed transfers from zero (huggingface_hub#3648); plain
@@ -20,16 +13,13 @@ HTTP through the endpoint is the data path we can check and resume.
 from __future__ import annotations
 
 import difflib
-import errno
-import fnmatch
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +27,10 @@ from urllib.parse import urlsplit
 
 from provisioner import proc
 from provisioner.errors import Interrupted, ProvisionError, UsageError
+from provisioner.model.hub import (  # `X as X`: the CLI, `model info` and the tests use them as download.X
+    Endpoint as Endpoint, RepoFile as RepoFile, data_host_verdict as data_host_verdict,
+    find_cached_snapshot as find_cached_snapshot, hf_cache_dir as hf_cache_dir, partial_path, repo_cache_folder,
+    select_files as select_files)
 from provisioner.units import human_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -44,85 +38,13 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 MIRRORS: dict[str, str] = {
     "hf-mirror": "https://hf-mirror.com",   # the mirror the walkthrough uses via HF_ENDPOINT
 }
-#: Hosts run by Hugging Face: a mirror that redirects file transfers there is not mirroring them.
-HUB_DOMAINS = ("huggingface.co", "hf.co")
 #: Long enough for tens of GB on a slow line; Ctrl-C stops it sooner and the next run resumes.
 DOWNLOAD_TIMEOUT = 48 * 3600
 API_TIMEOUT = 300
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 # --------------------------------------------------------------------------------------------
-# which files a transformers load needs
-
-#: Root files `from_pretrained` reads for a causal LM and its tokenizer (transformers
-#: tokenization_utils_base / configuration_utils / generation): small, always taken.
-LOAD_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-              "tokenizer.model", "*.tiktoken", "chat_template.jinja", "chat_template.json",
-              "preprocessor_config.json", "processor_config.json", "*.py")
-#: Formats transformers' PyTorch path does not load: other runtimes' copies of the same weights.
-DUPLICATE_FORMATS = ("*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.mlmodel",
-                     "*.pth", "*.pt", "*.ckpt", "*.nemo")
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    path: str
-    size: int
-    sha256: str | None = None     # LFS files: the content's sha256 (also their ETag)
-    blob_id: str | None = None    # git blob id (ETag of non-LFS files)
-    data_host: str | None = None  # where the endpoint sends the bytes (LFS files, after the plan's HEAD)
-
-    @property
-    def etag(self) -> str | None:
-        return self.sha256 or self.blob_id
-
-
-def select_files(files: Sequence[RepoFile], *, include_all: bool = False) -> tuple[list[RepoFile], list[RepoFile]]:
-    """(files a transformers load needs, files skipped): safetensors over .bin, no other formats.
-
-    Root files only (from_pretrained reads the repo root); the weights are every root
-    `*.safetensors` with its index, or the `pytorch_model*.bin` files when there is no safetensors.
-    Mistral-style `consolidated*.safetensors` duplicates are skipped when HF-format shards exist.
-    """
-    if include_all:
-        return list(files), []
-    root = [f for f in files if "/" not in f.path]
-    safetensors = [f for f in root if f.path.endswith(".safetensors")]
-    hf_shards = [f for f in safetensors if not f.path.startswith("consolidated")]
-    weights = {f.path for f in (hf_shards or safetensors)}
-    if weights:
-        weights |= {f.path for f in root if f.path == "model.safetensors.index.json"}
-    else:
-        weights = {f.path for f in root if re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", f.path)
-                   or f.path == "pytorch_model.bin.index.json"}
-    keep: list[RepoFile] = []
-    skip: list[RepoFile] = []
-    for f in files:
-        wanted = f.path in weights or (
-            "/" not in f.path and any(fnmatch.fnmatch(f.path, p) for p in LOAD_FILES)
-            and not any(fnmatch.fnmatch(f.path, p) for p in DUPLICATE_FORMATS))
-        (keep if wanted else skip).append(f)
-    return keep, skip
-
-
-# --------------------------------------------------------------------------------------------
-# endpoint, cache locations
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    source: str                   # "--endpoint", "--mirror hf-mirror", "HF_ENDPOINT", "default"
-
-    @property
-    def is_hub(self) -> bool:
-        return _on_domains(urlsplit(self.url).hostname or "", HUB_DOMAINS)
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+# endpoint, target folder
 
 
 def resolve_endpoint(*, endpoint: str | None = None, mirror: str | None = None,
@@ -149,62 +71,6 @@ def _check_url(url: str, where: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{where} must be an http(s) URL (got '{url}')", hint="e.g. --endpoint https://hf-mirror.com")
     return url.rstrip("/")
-
-
-def _on_domains(host: str, domains: Sequence[str]) -> bool:
-    return any(host == d or host.endswith("." + d) for d in domains)
-
-
-def data_host_verdict(endpoint: Endpoint, location: str) -> str:
-    """"ok" when the bytes come from the endpoint (or its own subdomains; the hub's CDN for the hub),
-    "hub" when a mirror hands them to Hugging Face's hosts (the mirror is bypassed), else "foreign"."""
-    host = urlsplit(location).hostname or ""
-    ep = endpoint.host
-    if host == ep:
-        return "ok"
-    labels = ep.split(".")
-    if len(labels) >= 2 and not ep.replace(".", "").isdigit() and host.endswith("." + ".".join(labels[-2:])):
-        return "ok"
-    if _on_domains(host, HUB_DOMAINS):
-        return "ok" if endpoint.is_hub else "hub"
-    return "foreign"
-
-
-def hf_cache_dir(environ: Mapping[str, str]) -> Path:
-    """Where huggingface_hub keeps its cache for this environment (constants.py precedence)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if environ.get(var):
-            return Path(environ[var]).expanduser()
-    if environ.get("HF_HOME"):
-        return Path(environ["HF_HOME"]).expanduser() / "hub"
-    xdg = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME", str(Path.home()))) / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def repo_cache_folder(cache: Path, repo_id: str) -> Path:
-    return cache / ("models--" + repo_id.replace("/", "--"))
-
-
-def find_cached_snapshot(repo_id: str, *, revision: str | None, environ: Mapping[str, str]) -> Path | None:
-    """The cached snapshot folder of repo_id at revision (default main) holding config.json, or None."""
-    folder = repo_cache_folder(hf_cache_dir(environ), repo_id)
-    rev = revision or "main"
-    commit = rev if _COMMIT.match(rev) else None
-    if commit is None:
-        try:
-            commit = (folder / "refs" / rev).read_text().strip()
-        except OSError:
-            return None
-    snapshot = folder / "snapshots" / commit
-    return snapshot if (snapshot / "config.json").is_file() else None
-
-
-def _partial_path(target: Path, repo_id: str, f: RepoFile, local_dir: bool) -> Path:
-    """The persistent partial file of an LFS file (the name huggingface_hub < 1.0 used in the cache)."""
-    assert f.sha256
-    if local_dir:
-        return target / ".cache" / "huggingface" / "download" / f"{f.path}.{f.sha256}.incomplete"
-    return repo_cache_folder(target, repo_id) / "blobs" / f"{f.sha256}.incomplete"
 
 
 def _is_present(target: Path, repo_id: str, commit: str, f: RepoFile, local_dir: bool) -> bool:
@@ -322,6 +188,34 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
 
     Nothing is written. `disk_free` is injectable because a real full disk cannot be made in a test.
     """
+    ep = _checked_endpoint(model, endpoint=endpoint, mirror=mirror, environ=environ)
+    env = worker_env(environ, ep)
+    rev = revision or "main"
+    doc = _run_worker({"op": "plan", "repo": model, "revision": rev, "include_all": include_all},
+                      env=env, endpoint=ep, repo=model, revision=rev, live=False, timeout=API_TIMEOUT)
+    commit = doc["commit"]
+    target = (local_dir.expanduser().absolute() if local_dir is not None else hf_cache_dir(environ))
+    is_local = local_dir is not None
+    todo: list[RepoFile] = []
+    present: list[RepoFile] = []
+    for f in (RepoFile(**listed) for listed in doc["files"]):
+        (present if _is_present(target, model, commit, f, is_local) else todo).append(f)
+    resumed = sum(_resumable_bytes(target, model, f, is_local) for f in todo)
+    need = sum(f.size for f in todo) - resumed
+    warnings = [w for w in (_data_host_warning(ep, f) for f in todo) if w]
+    _check_writable(target)
+    free = disk_free(target)
+    _check_space(model, target, need, free)
+    return DownloadPlan(repo_id=model, revision=rev, commit=commit, endpoint=ep, target=target, local_dir=is_local,
+                        files=tuple(todo), present=tuple(present),
+                        skipped=tuple(RepoFile(**f) for f in doc["skipped"]), resumed_bytes=resumed,
+                        need_bytes=need, free_bytes=free, gated=bool(doc.get("gated")), warnings=tuple(warnings),
+                        env=env)
+
+
+def _checked_endpoint(model: str, *, endpoint: str | None, mirror: str | None,
+                      environ: Mapping[str, str]) -> Endpoint:
+    """The endpoint to plan against, after the checks that need no network."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
         raise UsageError(f"'{model}' is not a hub repository id",
                          hint="pass org/name, e.g. Qwen/Qwen2.5-7B-Instruct")
@@ -330,50 +224,40 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
     if offline:
         raise ProvisionError(f"{offline}={environ[offline]} is set, so downloads are switched off",
                              hint=f"unset {offline} for this command (e.g. `env -u {offline} provision model download ...`)")
-    env = worker_env(environ, ep)
-    rev = revision or "main"
-    doc = _run_worker({"op": "plan", "repo": model, "revision": rev, "include_all": include_all},
-                      env=env, endpoint=ep, repo=model, revision=rev, live=False, timeout=API_TIMEOUT)
-    commit = doc["commit"]
-    files = [RepoFile(**f) for f in doc["files"]]
-    skipped = [RepoFile(**f) for f in doc["skipped"]]
-    target = (local_dir.expanduser().absolute() if local_dir is not None else hf_cache_dir(environ))
-    is_local = local_dir is not None
-    todo, present, warnings = [], [], []
-    resumed = need = 0
-    for f in files:
-        if _is_present(target, model, commit, f, is_local):
-            present.append(f)
-            continue
-        todo.append(f)
-        part = 0
-        if f.sha256:
-            partial = _partial_path(target, model, f, is_local)
-            part = partial.stat().st_size if partial.is_file() else 0
-            part = part if part <= f.size else 0
-        resumed += part
-        need += f.size - part
-        if f.data_host:
-            verdict = data_host_verdict(ep, "http://" + f.data_host)
-            if verdict == "hub":
-                raise ProvisionError(
-                    f"{ep.url} hands {f.path} to {f.data_host}: the bytes would come from Hugging Face, "
-                    "not from the mirror",
-                    hint="use a mirror that serves files itself, or download from the hub directly "
-                         "(drop --endpoint/--mirror and HF_ENDPOINT) where it is reachable")
-            if verdict == "foreign":
-                warnings.append(f"{f.path} is served by {f.data_host}, not by {ep.host}")
-    _check_writable(target)
-    free = disk_free(target)
+    return ep
+
+
+def _resumable_bytes(target: Path, repo_id: str, f: RepoFile, local_dir: bool) -> int:
+    """Bytes of `f` already in its partial file; 0 for a small file or a partial longer than the file."""
+    if not f.sha256:
+        return 0
+    partial = partial_path(target, repo_id, f, local_dir)
+    part = partial.stat().st_size if partial.is_file() else 0
+    return part if part <= f.size else 0
+
+
+def _data_host_warning(ep: Endpoint, f: RepoFile) -> str | None:
+    """Refuse a mirror that hands the bytes to Hugging Face (it would not be used); warn of other hosts."""
+    if not f.data_host:
+        return None
+    verdict = data_host_verdict(ep, "http://" + f.data_host)
+    if verdict == "hub":
+        raise ProvisionError(
+            f"{ep.url} hands {f.path} to {f.data_host}: the bytes would come from Hugging Face, "
+            "not from the mirror",
+            hint="use a mirror that serves files itself, or download from the hub directly "
+                 "(drop --endpoint/--mirror and HF_ENDPOINT) where it is reachable")
+    if verdict == "foreign":
+        return f"{f.path} is served by {f.data_host}, not by {ep.host}"
+    return None
+
+
+def _check_space(model: str, target: Path, need: int, free: int) -> None:
     if need > free:
         raise ProvisionError(
             f"not enough disk space for {model}: {human_bytes(need)} to download into {target}, {human_bytes(free)} free",
             hint=f"free {human_bytes(need - free)} there, or download elsewhere: --local-dir DIR on a bigger disk "
                  "(or set HF_HUB_CACHE)")
-    return DownloadPlan(repo_id=model, revision=rev, commit=commit, endpoint=ep, target=target, local_dir=is_local,
-                        files=tuple(todo), present=tuple(present), skipped=tuple(skipped), resumed_bytes=resumed,
-                        need_bytes=need, free_bytes=free, gated=bool(doc.get("gated")), warnings=tuple(warnings),
-                        env=env)
 
 
 def apply(plan: DownloadPlan) -> DownloadResult:
@@ -405,7 +289,7 @@ def _run_worker(request: dict[str, Any], *, env: Mapping[str, str], endpoint: En
         result = Path(tmp) / "result.json"
         request = {**request, "endpoint": endpoint.url, "result": str(result)}
         try:
-            done = proc.run([sys.executable, "-m", "provisioner.model.download"], input=json.dumps(request), env=env,
+            done = proc.run([sys.executable, "-m", "provisioner.model.hub_worker"], input=json.dumps(request), env=env,
                             timeout=timeout, check=False, capture=not live)
         except KeyboardInterrupt:
             raise Interrupted("download interrupted",
@@ -473,180 +357,3 @@ def _error(err: Mapping[str, Any], *, endpoint: Endpoint, repo: str, revision: s
                           hint="retry later" + (f"; {mirror_hint}" if endpoint.is_hub else
                                                 f"; or try the hub itself: {DEFAULT_ENDPOINT}"))
 
-
-# --------------------------------------------------------------------------------------------
-# the child side: `python -m provisioner.model.download` (huggingface_hub imported here only)
-
-
-class _HostError(Exception):
-    pass
-
-
-class _IntegrityError(Exception):
-    pass
-
-
-def _classify(e: BaseException) -> dict[str, Any] | None:
-    """A known failure as {"kind", "status", "message"}; None for anything else (a bug: re-raised)."""
-    from huggingface_hub import errors as hf
-
-    def first_line(x: BaseException) -> str:
-        text = str(x).strip()
-        return text.splitlines()[0] if text else type(x).__name__
-
-    chain: list[BaseException] = []
-    x: BaseException | None = e
-    while x is not None and x not in chain:
-        chain.append(x)
-        x = x.__cause__ or x.__context__
-    for x in chain:
-        status = getattr(getattr(x, "response", None), "status_code", None)
-        if isinstance(x, hf.GatedRepoError):
-            return {"kind": "gated", "status": status, "message": first_line(x)}
-        if isinstance(x, hf.RepositoryNotFoundError):
-            return {"kind": "repo_not_found", "status": status, "message": first_line(x)}
-        if isinstance(x, hf.RevisionNotFoundError):
-            return {"kind": "revision_not_found", "status": status, "message": first_line(x)}
-        if isinstance(x, hf.EntryNotFoundError) and not isinstance(x, hf.LocalEntryNotFoundError):
-            return {"kind": "entry_not_found", "status": status, "message": first_line(x)}
-        if isinstance(x, hf.OfflineModeIsEnabled):
-            return {"kind": "offline", "status": None, "message": first_line(x)}
-        if isinstance(x, _HostError):
-            return {"kind": "foreign_host", "status": None, "message": str(x)}
-        if isinstance(x, _IntegrityError):
-            return {"kind": "corrupt", "status": None, "message": str(x)}
-        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
-            return {"kind": "disk_full", "status": None, "message": first_line(x)}
-        if isinstance(x, OSError) and x.filename is not None:
-            # a filesystem error names its file (network errors do not): the target is not writable
-            return {"kind": "write", "status": None, "message": first_line(x)}
-        names = {c.__name__ for c in type(x).__mro__}
-        if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ProxyError",
-                    "RemoteProtocolError", "ConnectionError", "Timeout"} and status is None:
-            return {"kind": "unreachable", "status": None, "message": first_line(x)}
-        if isinstance(x, hf.HfHubHTTPError):
-            return {"kind": "http", "status": status, "message": first_line(x)}
-    for x in chain:
-        if isinstance(x, hf.LocalEntryNotFoundError):
-            kind = "offline" if "outgoing traffic has been disabled" in str(x) else "unreachable"
-            return {"kind": kind, "status": None, "message": first_line(x)}
-    return None
-
-
-def _head(repo: str, path: str, commit: str, endpoint: str) -> Any:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    return get_hf_file_metadata(hf_hub_url(repo, path, revision=commit, endpoint=endpoint), endpoint=endpoint)
-
-
-def _op_plan(req: Mapping[str, Any]) -> dict[str, Any]:
-    from huggingface_hub import HfApi
-
-    info = HfApi(endpoint=req["endpoint"]).model_info(req["repo"], revision=req["revision"], files_metadata=True)
-    listed = [RepoFile(path=s.rfilename, size=int(s.size or (s.lfs.size if s.lfs else 0) or 0),
-                       sha256=s.lfs.sha256 if s.lfs else None, blob_id=s.blob_id) for s in info.siblings or []]
-    keep, skip = select_files(listed, include_all=bool(req.get("include_all")))
-    files = []
-    for f in keep:
-        if f.sha256:
-            # The data path: where this endpoint really sends the bytes (checked before any download).
-            meta = _head(req["repo"], f.path, info.sha or req["revision"], req["endpoint"])
-            host = urlsplit(meta.location).hostname
-            f = RepoFile(f.path, int(meta.size or f.size), f.sha256, f.blob_id, host)
-        files.append(f.__dict__)
-    return {"commit": info.sha, "gated": bool(info.gated), "files": files, "skipped": [f.__dict__ for f in skip]}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -> None:
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-    repo, endpoint = req["repo"], req["endpoint"]
-    ep = Endpoint(endpoint, "request")
-    meta = _head(repo, f.path, req["commit"], endpoint)
-    if data_host_verdict(ep, meta.location) == "hub":
-        raise _HostError(f"{endpoint} hands {f.path} to {urlsplit(meta.location).hostname}: the bytes would come "
-                         "from Hugging Face, not from the mirror")
-    partial = _partial_path(target, repo, f, local)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    size = int(meta.size or f.size)
-    if partial.is_file() and partial.stat().st_size > size:
-        partial.unlink()          # a stale partial longer than the file would get 416 forever (hub#2197)
-    headers = build_hf_headers()
-    if urlsplit(meta.location).hostname != ep.host:
-        headers.pop("authorization", None)   # never send the token to a CDN (as file_download does)
-    with partial.open("ab") as fh:
-        http_get(meta.location, fh, resume_size=fh.tell(), headers=headers, expected_size=size,
-                 displayed_filename=f.path)
-    if f.sha256 and _sha256(partial) != f.sha256:
-        partial.unlink()
-        raise _IntegrityError(f"{f.path}: the downloaded bytes do not match the sha256 the hub lists")
-    if local:
-        dest = target / f.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        dest = repo_cache_folder(target, repo) / "blobs" / f.sha256  # type: ignore[operator]
-    os.replace(partial, dest)
-
-
-def _op_fetch(req: Mapping[str, Any]) -> dict[str, Any]:
-    from huggingface_hub import hf_hub_download
-
-    repo, commit, endpoint = req["repo"], req["commit"], req["endpoint"]
-    target, local = Path(req["target"]), bool(req["local_dir"])
-    where: dict[str, Any] = {"local_dir": str(target)} if local else {"cache_dir": str(target)}
-    # Weights first, so the small files (config.json) last mark a complete folder.
-    files = sorted((RepoFile(**f) for f in req["files"]), key=lambda f: f.sha256 is None)
-    for f in files:
-        if f.sha256:
-            _fetch_lfs(req, f, target, local)
-        # For a fetched weight file this only links it (cache) or records its etag (local dir).
-        hf_hub_download(repo, f.path, revision=commit, endpoint=endpoint, **where)
-    if not local and not _COMMIT.match(req["revision"]):
-        refs = repo_cache_folder(target, repo) / "refs" / req["revision"]
-        refs.parent.mkdir(parents=True, exist_ok=True)
-        refs.write_text(commit)
-    return {"path": str(target if local else repo_cache_folder(target, repo) / "snapshots" / commit)}
-
-
-def _op_file(req: Mapping[str, Any]) -> dict[str, Any]:
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(req["repo"], req["filename"], revision=req["revision"], endpoint=req["endpoint"],
-                           cache_dir=req["cache_dir"])
-    return {"path": str(path)}
-
-
-_OPS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"plan": _op_plan, "fetch": _op_fetch,
-                                                                    "file": _op_file}
-
-
-def _worker_main() -> int:
-    req = json.loads(sys.stdin.read())
-    result = Path(req["result"])
-    try:
-        doc = _OPS[req["op"]](req)
-        code = 0
-    except Exception as e:
-        found = _classify(e)
-        if found is None:
-            raise
-        doc, code = {"error": found}, 1
-    result.write_text(json.dumps(doc))
-    return code
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(_worker_main())
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the whole process group; the parent reports it. Partial files stay.
-        sys.exit(130)
