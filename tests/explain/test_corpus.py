@@ -13,7 +13,7 @@ import yaml
 
 from provisioner import explain, known_messages
 
-CORPUS = Path(__file__).parent / "data" / "explain"
+CORPUS = Path(__file__).parent.parent / "data" / "explain"
 KINDS = ("nvidia-smi", "nvcc", "errors", "envs")
 
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from provisioner.cli import main
 from provisioner.cli.chat import REPL_SCRIPT, repl_command
 
-TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2"
+TINY = Path(__file__).parent.parent / "fixtures" / "tiny-qwen2"
 # Terminal control sequences readline may write (bracketed paste, keypad mode), removed before matching.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
 

@@ -16,7 +16,7 @@ from provisioner.report import Status, render_checks
 from provisioner.model.smoke import SmokeResult, check_smoke, run_smoke
 from tests.conftest import CACHE
 
-TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2"
+TINY = Path(__file__).parent.parent / "fixtures" / "tiny-qwen2"
 TINY_REPLY = "I am fine, thank you."
 
 

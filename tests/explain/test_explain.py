@@ -20,7 +20,7 @@ from provisioner.explain import pyenv, smi, text
 from tests.fixtures_nvml import FakeMachine, MachineFactory
 from tests.helpers_cuda import link_cuda, make_toolkit
 
-CORPUS = Path(__file__).parent / "data" / "explain"
+CORPUS = Path(__file__).parent.parent / "data" / "explain"
 CORPUS_FILES = sorted(CORPUS.glob("*/*.txt"))
 SMI = CORPUS / "nvidia-smi"
 
