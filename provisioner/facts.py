@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.system import gpu
 from provisioner.env.target import EnvTarget
 from provisioner.errors import ProvisionError
+from provisioner.system import gpu
 
 if TYPE_CHECKING:
-    from provisioner.env.choose import MachineFacts
     from provisioner.cuda import CudaFacts
+    from provisioner.env.choose import MachineFacts
 
 #: Version of the `facts` document (in `provision report --json` and `provision explain --json`).
 SCHEMA_VERSION = 1

@@ -11,7 +11,6 @@ from typing import Any
 
 from provisioner import paths
 
-
 #: The last user-facing error (written by the CLI, read by `provision report`).
 LAST_FAILURE = "last-failure.json"
 

@@ -6,15 +6,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.env import probe as envprobe
-from provisioner.system import gpu
 from provisioner import facts as facts_mod
-from provisioner.errors import ProvisionError
 from provisioner.cuda import command_line
 from provisioner.cuda.checks import check_toolkit_driver
-from provisioner.report import Check, Status
-from provisioner.system.checks import check_driver, check_gpus
+from provisioner.env import probe as envprobe
 from provisioner.env.checks import EnvContext, _gpus, check_env
+from provisioner.errors import ProvisionError
+from provisioner.report import Check, Status
+from provisioner.system import gpu
+from provisioner.system.checks import check_driver, check_gpus
 from provisioner.versions import CudaVersion
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ from provisioner import __version__
 from provisioner.cli.app import App
 from provisioner.errors import ProvisionError
 
-
 #: Command name -> (module defining it, one-line help). `provision --help` lists these without
 #: importing a single command module (pip imports a command's module only when it runs); a
 #: command's module is imported when that command is used. tests/test_cli.py keeps the help

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from provisioner.model import smoke
 from provisioner.cli.app import App, pass_app
 from provisioner.errors import ProvisionError, UsageError
+from provisioner.model import smoke
 
 REPL_SCRIPT = smoke.SCRIPTS / "chat_repl.py"
 

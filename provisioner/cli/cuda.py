@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from provisioner import cuda
-from provisioner.cuda import install as cuda_install
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
+from provisioner.cuda import install as cuda_install
 from provisioner.report import Status, exit_code, render_checks, table, to_document
 from provisioner.versions import CudaVersion
 

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import click
 
-from provisioner.model import download
-from provisioner.model import fit
-from provisioner.model import info as modelinfo
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
+from provisioner.model import download, fit
+from provisioner.model import info as modelinfo
 from provisioner.report import table
 from provisioner.units import gib
 

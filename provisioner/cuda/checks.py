@@ -7,18 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.cuda.toolkit import (
-    LINK,
-    LOCAL,
-    VERSIONED,
-    Toolkit,
-    command_line,
-    inside,
-    nvcc_version,
-    system_path,
-    toolkits,
-    which_nvcc,
-)
+from provisioner.cuda.toolkit import (LINK, LOCAL, VERSIONED, Toolkit, command_line, inside, nvcc_version,
+                                      system_path, toolkits, which_nvcc)
 from provisioner.errors import ProvisionError
 from provisioner.report import Check, Status
 from provisioner.system import gpu

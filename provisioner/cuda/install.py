@@ -12,22 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import proc
-from provisioner.cuda.toolkit import (
-    LINK,
-    LOCAL,
-    Toolkit,
-    command_line,
-    nvcc_version,
-    read_toolkit,
-    system_path,
-    writable,
-)
-from provisioner.errors import (
-    CommandError,
-    PermissionDenied,
-    ProvisionError,
-    UsageError,
-)
+from provisioner.cuda.toolkit import LINK, LOCAL, Toolkit, command_line, nvcc_version, read_toolkit, system_path, writable
+from provisioner.errors import CommandError, PermissionDenied, ProvisionError, UsageError
 from provisioner.paths import under_root
 from provisioner.system import distro
 from provisioner.versions import CudaVersion

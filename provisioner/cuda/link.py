@@ -11,20 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.cuda.toolkit import (
-    LINK,
-    LOCAL,
-    Toolkit,
-    command_line,
-    find_toolkit,
-    inside,
-    nvcc_version,
-    read_toolkit,
-    resolve_under,
-    system_path,
-    toolkits,
-    writable,
-)
+from provisioner.cuda.toolkit import (LINK, LOCAL, Toolkit, command_line, find_toolkit, inside, nvcc_version,
+                                      read_toolkit, resolve_under, system_path, toolkits, writable)
 from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.paths import under_root
 from provisioner.versions import CudaVersion

@@ -15,44 +15,13 @@ locks, lists and removes them, and the checks that judge one.
 
 The names below are the package's public surface, so callers write `env.plan_create(...)`.
 """
-from provisioner.env.create import (
-                                    TORCH_FAMILY,
-                                    EnvResult,
-                                    apply_create,
-                                    create_env,
-                                    env_checks,
-)
+from provisioner.env.create import TORCH_FAMILY, EnvResult, apply_create, create_env, env_checks
 from provisioner.env.plan import CreateOptions, CreatePlan, decide_existing, plan_create
-from provisioner.env.record import (
-                                    DEFAULT_NAME,
-                                    RECORD_NAME,
-                                    RECORD_VERSION,
-                                    EnvInfo,
-                                    default_prefix,
-                                    env_status,
-                                    is_building_now,
-                                    list_envs,
-                                    read_record,
-                                    read_registry,
-                                    record_path,
-                                    registry_path,
-                                    resolve_env,
-                                    update_registry,
-)
-from provisioner.env.remove import (
-                                    RemovePlan,
-                                    apply,
-                                    apply_remove,
-                                    export_lock,
-                                    plan_remove,
-)
-from provisioner.env.sources import (
-                                    check_url,
-                                    find_local_wheels,
-                                    pin_build,
-                                    pip_config_find_links,
-                                    pip_find_links,
-)
+from provisioner.env.record import (DEFAULT_NAME, RECORD_NAME, RECORD_VERSION, EnvInfo, default_prefix,
+                                    env_status, is_building_now, list_envs, read_record, read_registry,
+                                    record_path, registry_path, resolve_env, update_registry)
+from provisioner.env.remove import RemovePlan, apply, apply_remove, export_lock, plan_remove
+from provisioner.env.sources import check_url, find_local_wheels, pin_build, pip_config_find_links, pip_find_links
 
 __all__ = [
     "TORCH_FAMILY", "CreateOptions", "CreatePlan", "EnvResult", "apply_create", "create_env", "env_checks",

@@ -16,23 +16,9 @@ from provisioner.errors import CommandError, ProvisionError
 if TYPE_CHECKING:
     from provisioner.env.choose import MachineFacts
     from provisioner.report import Check
-from provisioner.env.backends import (
-    Progress,
-    StatusFactory,
-    Step,
-    run_step,
-    step_environ,
-)
+from provisioner.env.backends import Progress, StatusFactory, Step, run_step, step_environ
 from provisioner.env.plan import CreateOptions, CreatePlan, plan_create
-from provisioner.env.record import (
-    RECORD_VERSION,
-    build_lock_path,
-    flock,
-    now,
-    read_record,
-    update_registry,
-    write_record,
-)
+from provisioner.env.record import RECORD_VERSION, build_lock_path, flock, now, read_record, update_registry, write_record
 from provisioner.env.sources import as_list
 
 TORCH_FAMILY = lockmod.TORCH_FAMILY

@@ -9,38 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.env import lock as lockmod
-from provisioner.env.backends import (
-    CONDA_BACKENDS,
-    QUERY_TIMEOUT,
-    CondaBackend,
-    EnvBackend,
-    Installer,
-    Location,
-    Step,
-    choose_backend,
-    find_interpreter,
-    pick_installer,
-    which,
-)
-from provisioner.env.record import (
-    DEFAULT_NAME,
-    RECORD_NAME,
-    check_name,
-    default_prefix,
-    expand_path,
-    is_building_now,
-    read_record,
-    read_registry,
-    record_path,
-)
-from provisioner.env.sources import (
-    check_url,
-    find_local_wheels,
-    local_dir,
-    pin_build,
-    pip_find_links,
-    source_args,
-)
+from provisioner.env.backends import (CONDA_BACKENDS, QUERY_TIMEOUT, CondaBackend, EnvBackend, Installer,
+                                      Location, Step, choose_backend, find_interpreter, pick_installer, which)
+from provisioner.env.record import (DEFAULT_NAME, RECORD_NAME, check_name, default_prefix, expand_path,
+                                    is_building_now, read_record, read_registry, record_path)
+from provisioner.env.sources import check_url, find_local_wheels, local_dir, pin_build, pip_find_links, source_args
 from provisioner.errors import ProvisionError, UsageError
 
 if TYPE_CHECKING:

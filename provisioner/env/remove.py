@@ -13,16 +13,8 @@ from provisioner.env import lock as lockmod
 from provisioner.env.backends import Location, Progress, Step, VenvBackend, step_environ
 from provisioner.env.create import EnvResult, apply_create, delete_prefix
 from provisioner.env.plan import CreatePlan, remove_step
-from provisioner.env.record import (
-    RECORD_NAME,
-    env_status,
-    is_building_now,
-    read_record,
-    read_registry,
-    registry_path,
-    resolve_env,
-    update_registry,
-)
+from provisioner.env.record import (RECORD_NAME, env_status, is_building_now, read_record, read_registry,
+                                    registry_path, resolve_env, update_registry)
 from provisioner.errors import CommandError, ProvisionError
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.system import gpu, gpuarch
 from provisioner.errors import ProvisionError
 from provisioner.explain import causes as causes_mod
 from provisioner.explain import nvcc as nvcc_mod
@@ -23,6 +22,7 @@ from provisioner.explain import text
 from provisioner.explain.reading import Reading
 from provisioner.facts import Facts
 from provisioner.report import Check, Status
+from provisioner.system import gpu, gpuarch
 from provisioner.versions import CudaVersion, DriverVersion
 
 JSON_VERSION = 1

@@ -27,10 +27,13 @@ from urllib.parse import urlsplit
 
 from provisioner import proc
 from provisioner.errors import Interrupted, ProvisionError, UsageError
-from provisioner.model.hub import (  # `X as X`: the CLI, `model info` and the tests use them as download.X
-    Endpoint as Endpoint, RepoFile as RepoFile, data_host_verdict as data_host_verdict,
-    find_cached_snapshot as find_cached_snapshot, hf_cache_dir as hf_cache_dir, partial_path, repo_cache_folder,
-    select_files as select_files)
+from provisioner.model.hub import Endpoint as Endpoint  # `X as X`: the CLI, `model info` and the tests use them as download.X
+from provisioner.model.hub import RepoFile as RepoFile
+from provisioner.model.hub import data_host_verdict as data_host_verdict
+from provisioner.model.hub import find_cached_snapshot as find_cached_snapshot
+from provisioner.model.hub import hf_cache_dir as hf_cache_dir
+from provisioner.model.hub import partial_path, repo_cache_folder
+from provisioner.model.hub import select_files as select_files
 from provisioner.units import human_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

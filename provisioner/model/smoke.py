@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from provisioner import proc, state
 from provisioner.errors import CommandError, ProvisionError
+
 # `X as X`: callers and the tests use them as smoke.X
 from provisioner.model.smoke_result import SmokeResult as SmokeResult
 from provisioner.model.smoke_result import check_smoke as check_smoke

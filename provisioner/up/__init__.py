@@ -7,23 +7,9 @@
 """
 from provisioner.up.records import STATE_FILE, Records, fingerprint, last_setup
 from provisioner.up.runner import Up
-from provisioner.up.stages import (
-                                  PIPELINE,
-                                  Stage,
-                                  env_prefix,
-                                  is_local_model,
-                                  toolkit_writable,
-)
-from provisioner.up.types import (
-                                  CONFIRM_DOWNLOAD_BYTES,
-                                  NO_GPU,
-                                  StageFailed,
-                                  StageOutcome,
-                                  UpOptions,
-                                  UpResult,
-                                  UpState,
-                                  UpSummary,
-)
+from provisioner.up.stages import PIPELINE, Stage, env_prefix, is_local_model, toolkit_writable
+from provisioner.up.types import (CONFIRM_DOWNLOAD_BYTES, NO_GPU, StageFailed, StageOutcome, UpOptions, UpResult,
+                                  UpState, UpSummary)
 
 __all__ = ["STATE_FILE", "Records", "fingerprint", "last_setup", "Up", "PIPELINE", "Stage", "env_prefix",
            "is_local_model", "toolkit_writable", "CONFIRM_DOWNLOAD_BYTES", "NO_GPU", "StageFailed",

@@ -8,17 +8,7 @@ from typing import Any
 from provisioner.errors import ProvisionError
 from provisioner.up.records import Records
 from provisioner.up.stages import PIPELINE
-from provisioner.up.types import (
-    NO_GPU,
-    Confirm,
-    Say,
-    StageFailed,
-    StageOutcome,
-    UpOptions,
-    UpResult,
-    UpState,
-    UpSummary,
-)
+from provisioner.up.types import NO_GPU, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpResult, UpState, UpSummary
 
 
 class Up:

@@ -11,15 +11,7 @@ from provisioner.cuda import command_line
 from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.units import gib
 from provisioner.up.records import Records, fingerprint
-from provisioner.up.types import (
-    CONFIRM_DOWNLOAD_BYTES,
-    Confirm,
-    Say,
-    StageFailed,
-    StageOutcome,
-    UpOptions,
-    UpState,
-)
+from provisioner.up.types import CONFIRM_DOWNLOAD_BYTES, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpState
 
 
 def is_local_model(model: str) -> bool:
