@@ -77,17 +77,39 @@ class ProvisionGroup(click.Group):
             if os.environ.get("PROVISION_DEBUG") == "1":
                 raise
             _record(ctx, e)
-            click.echo(f"error: {e.message}", err=True)
-            if e.hint:
-                click.echo(f"hint: {e.hint}", err=True)
+            _fail(ctx, e.message, e.hint, e.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as e:
+            # usage errors (a bad option value, a missing argument): exit 2, one document under --json
+            app = ctx.find_object(App)
+            if not _wants_json(app):
+                raise
+            app = ctx.ensure_object(App)
+            e.show()
+            app.json = True
+            app.emit_error(e.format_message(), None, e.exit_code)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             if os.environ.get("PROVISION_DEBUG") == "1":
                 raise
-            click.echo("error: interrupted", err=True)
-            click.echo("hint: run the same command again: `up` and `model download` resume where they "
-                       "stopped; a half-built environment is rebuilt by `env create --force`", err=True)
-            ctx.exit(130)
+            _fail(ctx, "interrupted", "run the same command again: `up` and `model download` resume where they "
+                  "stopped; a half-built environment is rebuilt by `env create --force`", 130)
+
+
+def _wants_json(app: App | None) -> bool:
+    return (app is not None and app.json) or "--json" in sys.argv[1:]
+
+
+def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None:
+    """`error:` and `hint:` on stderr; under --json also one document on stdout; then the exit code."""
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    app = ctx.find_object(App)
+    if app is not None:
+        app.emit_error(message, hint, code)
+    ctx.exit(code)
 
 
 def _record(ctx: click.Context, e: ProvisionError) -> None:

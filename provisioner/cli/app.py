@@ -23,6 +23,7 @@ class App:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     verbose: int = 0
     json: bool = False
+    emitted: bool = False      # a JSON document is on stdout already (a failure then adds none)
 
     @property
     def color(self) -> bool | None:
@@ -43,6 +44,13 @@ class App:
 
     def emit_json(self, doc: Any) -> None:
         click.echo(json.dumps(doc, indent=2, default=str))
+        self.emitted = True
+
+    def emit_error(self, message: str, hint: str | None, exit_code: int) -> None:
+        """Under --json, a failure is still one document on stdout (the human lines go to stderr)."""
+        if self.json and not self.emitted:
+            self.emit_json({"version": 1, "ok": False,
+                            "error": {"message": message, "hint": hint, "exit_code": exit_code}})
 
     def show_plan(self, plan: Any) -> None:
         """A --dry-run's output: the plan's text, or under --json its to_dict() as one document."""

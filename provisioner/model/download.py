@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provisioner import proc
+from provisioner.model import hub
 from provisioner.errors import Interrupted, ProvisionError, UsageError
 from provisioner.model.hub import Endpoint as Endpoint  # `X as X`: the CLI, `model info` and the tests use them as download.X
 from provisioner.model.hub import RepoFile as RepoFile
@@ -216,12 +216,19 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
                         env=env)
 
 
+def check_repo_id(repo_id: str) -> str:
+    """The id, or one usage error with the hub's rule (before the hub client could raise its own)."""
+    problem = hub.repo_id_problem(repo_id)
+    if problem:
+        raise UsageError(f"'{repo_id}' is not a hub repository id: {problem}",
+                         hint=f"a hub id is {hub.REPO_ID_RULE}, e.g. Qwen/Qwen2.5-7B-Instruct")
+    return repo_id
+
+
 def _checked_endpoint(model: str, *, endpoint: str | None, mirror: str | None,
                       environ: Mapping[str, str]) -> Endpoint:
     """The endpoint to plan against, after the checks that need no network."""
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
-        raise UsageError(f"'{model}' is not a hub repository id",
-                         hint="pass org/name, e.g. Qwen/Qwen2.5-7B-Instruct")
+    check_repo_id(model)
     ep = resolve_endpoint(endpoint=endpoint, mirror=mirror, environ=environ)
     offline = _offline(environ)
     if offline:

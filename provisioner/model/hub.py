@@ -147,3 +147,30 @@ def partial_path(target: Path, repo_id: str, f: RepoFile, local_dir: bool) -> Pa
     if local_dir:
         return target / ".cache" / "huggingface" / "download" / f"{f.path}.{f.sha256}.incomplete"
     return repo_cache_folder(target, repo_id) / "blobs" / f"{f.sha256}.incomplete"
+
+
+#: The hub's rule for repository ids (huggingface_hub.utils.validate_repo_id), checked here so that a
+#: bad id is one usage error before any download starts, never the hub client's traceback.
+REPO_ID_RULE = ("org/name, each part 1-96 letters, digits, '-', '_' or '.', not starting or ending with '-' or "
+                "'.', without '--' or '..', and not ending in '.git'")
+_REPO_PART = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is not a valid hub repository id, or None when it is one."""
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        return "a hub id is org/name, with one '/'"
+    for part in parts:
+        if len(part) > 96:
+            return f"'{part[:12]}...' is {len(part)} characters long (96 at most)"
+        if not _REPO_PART.fullmatch(part):
+            return f"'{part}' holds a character other than letters, digits, '-', '_' and '.'"
+        if part[0] in "-." or part[-1] in "-.":
+            return f"'{part}' starts or ends with '-' or '.'"
+    if "--" in repo_id or ".." in repo_id:
+        return "'--' and '..' are not allowed"
+    if repo_id.endswith(".git"):
+        return "it ends in '.git'"
+    return None
+

@@ -349,6 +349,7 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
             f"unknown model '{model}'" + (f" (did you mean '{guess}'?)" if guess else ""),
             hint="pass a folder with config.json, a hub id (org/name), or one of the built-in names: "
                  + ", ".join(table_names()))
+    download.check_repo_id(model)
     try:
         config_path = download.fetch_file(model, "config.json", revision=revision, environ=environ)
     except ProvisionError as e:

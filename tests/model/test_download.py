@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisioner import units
-from provisioner.model import download
+from provisioner.model import download, hub
 from provisioner.cli import main
 from provisioner.model.download import Endpoint, RepoFile
 from provisioner.errors import ProvisionError, UsageError
@@ -371,3 +373,28 @@ def test_write_failure_during_the_download_is_explained(online: None, hub: HubSe
     assert lines[-1] == ("hint: download into a folder you can write: --local-dir DIR (or set HF_HUB_CACHE); "
                          "then run the same command again")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("repo_id", ["a/b.", "../x", "a/--b", "org/na..me", "o" * 120 + "/x", "a/b.git", "a/é",
+                                     "a/b/c", "/x", "x/"])
+def test_invalid_repo_ids_are_one_usage_error_before_anything(repo_id: str, tmp_path: Path) -> None:
+    # The hub client would raise HFValidationError as a traceback, even with --dry-run.
+    done = subprocess.run([sys.executable, "-m", "provisioner", "model", "download", repo_id, "--dry-run"],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert done.returncode == 2, done.stderr
+    assert f"error: '{repo_id}' is not a hub repository id" in done.stderr and "hint: a hub id is org/name" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(alphabet="ab_-.é9", max_size=8), st.text(alphabet="ab_-.Z9", min_size=0, max_size=100))
+def test_the_repo_id_rule_is_the_hubs(org: str, name: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = f"{org}/{name}"
+    try:
+        validate_repo_id(repo_id)
+        hub_ok = True
+    except HFValidationError:
+        hub_ok = False
+    assert (hub.repo_id_problem(repo_id) is None) == hub_ok, repo_id
