@@ -54,6 +54,7 @@ def run(
             argv,
             capture_output=capture,
             text=True,
+            errors="replace",    # a program that prints bytes is garbled output, not a UnicodeDecodeError
             timeout=timeout,
             env=dict(env) if env is not None else None,
             cwd=cwd,

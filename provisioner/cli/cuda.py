@@ -23,7 +23,7 @@ def cuda_group() -> None:
 def cuda_list(app: App) -> None:
     """Every toolkit under /usr/local/cuda-*, its version, completeness, and the one the link uses."""
     found = cuda.toolkits(app.root, app.environ)
-    link = cuda.read_link(app.root, app.environ)
+    link = cuda.read_link(app.root, app.environ, found)
     if app.json:
         app.emit_json({"version": 1, "link": link.to_dict(), "toolkits": [t.to_dict() for t in found]})
         return
@@ -31,8 +31,7 @@ def cuda_list(app: App) -> None:
     rows = []
     for t in found:
         mark = "*" if current is not None and cuda.resolve_under(app.root, t.system_path) == current else ""
-        state = "yes" if t.complete else "no: missing " + ", ".join(t.missing)
-        rows.append([mark, t.name, str(t.version) if t.version else "?", t.version_source or "-", state])
+        rows.append([mark, t.name, str(t.version) if t.version else "?", t.version_source or "-", t.condition])
     if rows:
         app.echo(table(rows, ["", "toolkit", "version", "from", "complete"]))
     else:

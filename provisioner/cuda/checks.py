@@ -157,7 +157,7 @@ def judge_link(cf: CudaFacts, root: Path = Path("/")) -> Check:
         fix = (switch_fix if newest is not None
                else "reinstall that toolkit, or " + command_line(root, "cuda install 13.0"))
         return Check("cuda.link", Status.FAIL,
-                     f"{where} is incomplete: missing {', '.join(tk.missing)}", fix, data)
+                     f"{where} is " + (tk.problem or f"incomplete: missing {', '.join(tk.missing)}"), fix, data)
     if tk.version_source != "nvcc":
         return Check("cuda.link", Status.FAIL,
                      f"{where}: its bin/nvcc does not report a version ({tk.nvcc_error})",

@@ -222,7 +222,9 @@ def plan_switch(version: CudaVersion, root: Path, environ: Mapping[str, str]) ->
         others = [t for t in installed if t.complete and t is not toolkit and t.version]
         alt = (f"; complete toolkits: {', '.join(str(t.version) for t in others)}" if others else "")
         raise ProvisionError(
-            f"{toolkit.system_path} is incomplete: missing {', '.join(toolkit.missing)}; nothing was changed",
+            f"{toolkit.system_path} is " + (toolkit.problem if toolkit.problem else
+                                             f"incomplete: missing {', '.join(toolkit.missing)}")
+            + "; nothing was changed",
             hint=f"reinstall CUDA {version.short} ({_install_hint(version, root)}){alt}")
     if toolkit.version_source != "nvcc":
         raise ProvisionError(
@@ -270,7 +272,7 @@ def plan_rollback(root: Path, environ: Mapping[str, str]) -> SwitchPlan:
                              hint=f"switch explicitly: `{command_line(root, 'cuda switch X.Y')}`")
     toolkit = read_toolkit(target, root, environ)
     if not toolkit.complete or toolkit.version_source != "nvcc" or toolkit.version is None:
-        problem = (f"missing {', '.join(toolkit.missing)}" if not toolkit.complete
+        problem = (toolkit.problem or f"missing {', '.join(toolkit.missing)}" if not toolkit.complete
                    else f"its nvcc does not report a version ({toolkit.nvcc_error})")
         raise ProvisionError(f"the previous target {previous} is unusable: {problem}; nothing was changed",
                              hint=f"switch explicitly: `{command_line(root, 'cuda switch X.Y')}`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import proc
-from provisioner.errors import ProvisionError
+from provisioner.errors import CommandError, ProvisionError
 from provisioner.paths import under_root
 from provisioner.versions import CudaVersion
 
@@ -19,7 +20,11 @@ LOCAL = "/usr/local"
 LINK = "/usr/local/cuda"
 
 
-NVCC_TIMEOUT = 30
+#: `nvcc --version` answers in well under a second; a wedged one must not stall every command.
+#: PROVISION_NVCC_TIMEOUT overrides it (seconds).
+NVCC_TIMEOUT = 10
+#: Toolkits are read side by side, so N hanging nvccs cost one timeout, not N.
+PARALLEL_TOOLKITS = 8
 # "Cuda compilation tools, release 13.0, V13.0.88" (the same line since CUDA 9; reference §3).
 _RELEASE = re.compile(r"release\s+(\d+)\.(\d+),\s*V(\d+(?:\.\d+)+)")
 _BUILD = re.compile(r"Build cuda_(\d+)\.(\d+)")
@@ -107,12 +112,24 @@ class Toolkit:
     has_cudart: bool
     has_headers: bool
     nvcc_error: str | None = None    # why its nvcc could not report a version, when it could not
+    problem: str | None = None       # what is wrong with the folder itself (unreadable), in words
     root: Path = field(default=Path("/"), compare=False, repr=False)
     nvcc_output: str | None = field(default=None, compare=False, repr=False)   # its `nvcc --version`
 
     @property
     def complete(self) -> bool:
-        return self.has_nvcc and self.has_cudart and self.has_headers
+        return self.problem is None and self.has_nvcc and self.has_cudart and self.has_headers
+
+    @property
+    def condition(self) -> str:
+        """One phrase for `cuda list`: complete, or what is wrong with it."""
+        if self.problem:
+            return f"no: {self.problem}"
+        if not self.complete:
+            return "no: missing " + ", ".join(self.missing)
+        if self.nvcc_error:
+            return f"yes, but its nvcc: {self.nvcc_error.splitlines()[0]}"
+        return "yes"
 
     @property
     def missing(self) -> list[str]:
@@ -141,7 +158,7 @@ class Toolkit:
                 "version_source": self.version_source, "complete": self.complete,
                 "has_nvcc": self.has_nvcc, "has_cudart": self.has_cudart,
                 "has_headers": self.has_headers, "missing": self.missing,
-                "nvcc_error": self.nvcc_error}
+                "nvcc_error": self.nvcc_error, "problem": self.problem}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Toolkit:
@@ -152,7 +169,7 @@ class Toolkit:
                    version=CudaVersion.parse(str(version)) if version else None,
                    version_source=d.get("version_source"), has_nvcc=bool(d.get("has_nvcc")),
                    has_cudart=bool(d.get("has_cudart")), has_headers=bool(d.get("has_headers")),
-                   nvcc_error=d.get("nvcc_error"), nvcc_output=d.get("nvcc_output"))
+                   nvcc_error=d.get("nvcc_error"), problem=d.get("problem"), nvcc_output=d.get("nvcc_output"))
 
     def facts_dict(self) -> dict[str, Any]:
         """to_dict plus what its nvcc printed (for a facts snapshot)."""
@@ -178,12 +195,30 @@ def nvcc_version(nvcc: Path, environ: Mapping[str, str]) -> tuple[CudaVersion, s
 
     Raises CommandError when it cannot run and ProvisionError when the output names no version.
     """
-    done = proc.run([nvcc, "--version"], timeout=NVCC_TIMEOUT, env=environ)
+    timeout = nvcc_timeout(environ)
+    try:
+        done = proc.run([nvcc, "--version"], timeout=timeout, env=environ)
+    except CommandError as e:
+        if "timed out" in e.message:
+            raise CommandError(f"`{nvcc} --version` timed out after {timeout:g} s (a wedged nvcc)",
+                               hint="run it by hand to see why; reinstall that toolkit if it hangs") from None
+        raise
     version = parse_nvcc_version(done.stdout)
     if version is None:
-        raise ProvisionError(f"`{nvcc} --version` printed no CUDA release:\n{proc.tail(done.stdout)}",
+        shown = done.stdout if done.stdout.isprintable() or "\n" in done.stdout else repr(done.stdout[:200])
+        garbled = "\ufffd" in done.stdout or not done.stdout.strip()
+        raise ProvisionError(f"`{nvcc} --version` printed no CUDA release"
+                             + (" (garbled output)" if garbled else "") + f":\n{proc.tail(shown[:2000])}",
                              hint="the file is not NVIDIA's nvcc; reinstall the toolkit")
     return version, done.stdout
+
+
+def nvcc_timeout(environ: Mapping[str, str]) -> float:
+    try:
+        value = float(environ.get("PROVISION_NVCC_TIMEOUT", NVCC_TIMEOUT))
+    except ValueError:
+        return NVCC_TIMEOUT
+    return value if value > 0 else NVCC_TIMEOUT
 
 
 def which_nvcc(environ: Mapping[str, str], root: Path = Path("/")) -> Path | None:
@@ -226,7 +261,20 @@ def _version_json(path: Path) -> CudaVersion | None:
 
 
 def read_toolkit(path: Path, root: Path, environ: Mapping[str, str]) -> Toolkit:
-    """What the toolkit directory `path` (under root) holds and which version it is."""
+    """What the toolkit directory `path` (under root) holds and which version it is.
+
+    A folder that cannot be read becomes a toolkit that says so, never an exception: one strange
+    toolkit must not stop the commands that work on the others.
+    """
+    try:
+        return _read_toolkit(path, root, environ)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        return Toolkit(path=path, name=path.name, version=None, version_source=None, has_nvcc=False,
+                       has_cudart=False, has_headers=False, problem=f"unreadable ({why})", root=root)
+
+
+def _read_toolkit(path: Path, root: Path, environ: Mapping[str, str]) -> Toolkit:
     base = inside(root, path)
     nvcc = inside(root, base / "bin" / "nvcc")
     has_nvcc = nvcc.is_file() and os.access(nvcc, os.X_OK)
@@ -268,10 +316,15 @@ def toolkits(root: Path, environ: Mapping[str, str]) -> list[Toolkit]:
     local = under_root(root, LOCAL)
     if not local.is_dir():
         return []
-    found = []
+    entries = []
     for entry in sorted(local.glob("cuda-*")):
-        if inside(root, entry).is_dir():
-            found.append(read_toolkit(entry, root, environ))
+        try:
+            if inside(root, entry).is_dir():
+                entries.append(entry)
+        except OSError:
+            entries.append(entry)       # read_toolkit says what is wrong with it
+    with ThreadPoolExecutor(max_workers=PARALLEL_TOOLKITS) as pool:
+        found = list(pool.map(lambda e: read_toolkit(e, root, environ), entries))
 
     def key(t: Toolkit) -> tuple[int, CudaVersion, str]:
         return (0, t.version, t.name) if t.version else (1, CudaVersion(0, 0), t.name)

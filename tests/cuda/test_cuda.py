@@ -521,10 +521,12 @@ def test_list_json_document(root: Path) -> None:
                  "target": "/usr/local/cuda-12.6", "toolkit": {
                      "name": "cuda-12.6", "path": "/usr/local/cuda-12.6", "version": "12.6.85",
                      "version_source": "nvcc", "complete": True, "has_nvcc": True, "has_cudart": True,
-                     "has_headers": True, "missing": [], "nvcc_error": None}},
+                     "has_headers": True, "missing": [], "nvcc_error": None,
+                         "problem": None}},
         "toolkits": [{"name": "cuda-12.6", "path": "/usr/local/cuda-12.6", "version": "12.6.85",
                       "version_source": "nvcc", "complete": True, "has_nvcc": True, "has_cudart": True,
-                      "has_headers": True, "missing": [], "nvcc_error": None}],
+                      "has_headers": True, "missing": [], "nvcc_error": None,
+                         "problem": None}],
     }
 
 
