@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -472,8 +472,34 @@ def _files(directory: Path) -> list[Path]:
                   if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
+#: Called once per process for each user profile that is skipped because it is invalid (the CLI
+#: prints it to stderr as a warning); None: skipped quietly.
+on_skip: Callable[[str], None] | None = None
+_warned: set[str] = set()
+
+
+def profile_files(environ: Mapping[str, str]) -> list[Path]:
+    """Every profile file provision reads: the bundled ones, then the user's."""
+    return _files(bundled_dir()) + _files(user_dir(environ))
+
+
+def invalid_user_profiles(environ: Mapping[str, str]) -> dict[str, InvalidProfile]:
+    """User profiles that fail validation, by name: skipped by load_all, an error only when named."""
+    bad = {}
+    for path in _files(user_dir(environ)):
+        try:
+            load(path)
+        except InvalidProfile as e:
+            bad[path.stem] = e
+    return bad
+
+
 def load_all(environ: Mapping[str, str]) -> dict[str, Profile]:
-    """Bundled profiles, then user profiles replacing them by name; sorted by name."""
+    """Bundled profiles, then user profiles replacing them by name; sorted by name.
+
+    One broken user profile must not block every command: it is skipped, with one warning per file
+    (through on_skip) naming the file and key; only using it by name fails (get()).
+    """
     found: dict[str, Profile] = {}
     for path in _files(bundled_dir()):
         found[path.stem] = load(path)
@@ -481,16 +507,25 @@ def load_all(environ: Mapping[str, str]) -> dict[str, Profile]:
         try:
             found[path.stem] = load(path)
         except InvalidProfile as e:
-            raise InvalidProfile(e.problems, hint=f"fix or remove the user profile {path} "
-                                 "(user profiles override bundled ones by name)") from None
+            if on_skip is not None and str(path) not in _warned:
+                _warned.add(str(path))
+                first = e.problems[0].removeprefix(f"{_display(path)}: ") if e.problems else "invalid"
+                more = f" (+{len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+                on_skip(f"warning: skipping the invalid user profile {path}: {first}{more}; "
+                        f"`provision profile validate {path}` lists every problem")
     return dict(sorted(found.items()))
 
 
 def get(name: str, environ: Mapping[str, str]) -> Profile:
     """The profile called `name` (a CUDA version such as 12.6 picks that line's default)."""
     profiles = load_all(environ)
-    if name in profiles:
+    broken = invalid_user_profiles(environ)
+    if name in profiles and name not in broken:
         return profiles[name]
+    if name in broken:
+        e = broken[name]
+        raise InvalidProfile(e.problems, hint=f"fix or remove the user profile {user_dir(environ)}/{name}.yaml "
+                             "(user profiles override bundled ones by name)")
     try:
         by_cuda = profiles.get(CudaVersion.parse(name).tag)
     except UsageError:

@@ -253,7 +253,12 @@ def test_user_profile_overrides_bundled(isolated_home: Path) -> None:
 def test_broken_user_profile_is_named(isolated_home: Path) -> None:
     bad = user_profiles(isolated_home) / "cu126.yaml"
     bad.write_text((profiles.bundled_dir() / "cu126.yaml").read_text().replace("torch:", "toch:"))
+    # listing skips it with a warning naming file and key (one broken file must not block every command) ...
     result = invoke("profile", "list")
+    assert result.exit_code == 0
+    assert f"warning: skipping the invalid user profile {bad}: unknown key 'toch' (did you mean 'torch'?)" in result.stderr
+    # ... and using it by name is the error, with the file and the key
+    result = invoke("profile", "show", "cu126")
     assert result.exit_code == 2
     assert f"error: {bad}: unknown key 'toch' (did you mean 'torch'?)" in result.stderr
     assert f"hint: fix or remove the user profile {bad}" in result.stderr

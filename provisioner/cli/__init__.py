@@ -139,6 +139,9 @@ def main(ctx: click.Context, root: Path, verbose: int, json_out: bool) -> None:
     app.verbose = verbose
     app.json = app.json or json_out
     app.install_trace()
+    from provisioner import profiles
+
+    profiles.on_skip = app.info
 
 
 def run() -> None:  # console_scripts entry point

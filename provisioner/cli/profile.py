@@ -89,12 +89,17 @@ def _render(p: Profile, origin: str) -> str:
 
 
 @profile_group.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 @pass_app
 def profile_validate(app: App, files: tuple[Path, ...]) -> None:
-    """Validate profile FILES (exit 2 if any is invalid)."""
+    """Validate profile FILES, or with none every bundled and user profile (exit 2 if any is invalid).
+
+    Every problem of every file is listed in one run.
+    """
     results: list[dict[str, Any]] = []
+    if not files:
+        files = tuple(profiles.profile_files(app.environ))
     for path in files:
         try:
             profiles.load(path, display=str(path))

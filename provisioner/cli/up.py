@@ -123,6 +123,8 @@ def _check_profile_name(profile: str, environ: Mapping[str, str]) -> None:
     from provisioner import profiles
 
     known = profiles.load_all(environ)
+    if profile in profiles.invalid_user_profiles(environ):
+        profiles.get(profile, environ)      # raises with the file's problems
     if profile not in known:
         close = difflib.get_close_matches(profile, list(known), n=1, cutoff=0.5)
         raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),

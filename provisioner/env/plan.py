@@ -223,6 +223,8 @@ def resolve_profile(options: CreateOptions, facts: MachineFacts, environ: Mappin
     requested = options.profile if options.profile not in (None, "", "auto") else None
     if requested and cuda is not None:
         raise UsageError("--profile and --cuda both choose the profile", hint="pass one of them")
+    if requested and profiles is None:
+        profmod.get(requested, environ)     # a broken user profile of that name is an error, not skipped
     choice = choose.choose_profile(facts, profiles if profiles is not None else profmod.load_all(environ),
                                    requested=requested, cuda=cuda)
     return ProfileSource(choice.profile, choice, None)
