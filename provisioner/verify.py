@@ -10,7 +10,7 @@ from provisioner import facts as facts_mod
 from provisioner.cuda import command_line
 from provisioner.cuda.checks import check_toolkit_driver
 from provisioner.env import probe as envprobe
-from provisioner.env.checks import EnvContext, _gpus, check_env
+from provisioner.env.checks import EnvContext, _gpus, check_env, check_record
 from provisioner.errors import ProvisionError
 from provisioner.report import Check, Status
 from provisioner.system import gpu
@@ -146,6 +146,10 @@ def evaluate(facts: Facts, *, root: Path | None = None, environ: Mapping[str, st
             env_checks[0] = replace(env_checks[0], data=dict(
                 env_checks[0].data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3)))
         checks += env_checks
+        if facts.target is not None:
+            record = check_record(facts.record, facts.target.prefix, root)
+            if record is not None:
+                checks.append(record)
     return checks
 
 

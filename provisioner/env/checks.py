@@ -362,3 +362,20 @@ def _check_bnb(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], bnb: Ma
                      f"bitsandbytes {version}: native library not loaded, running on its pure-PyTorch "
                      f"fallback ({bnb.get('native_error') or '?'}); {detail}", reinstall, data)
     return Check(cid, Status.OK, f"bitsandbytes {version}, native library {lib}; {detail}", None, data)
+
+
+def check_record(record: Mapping[str, Any] | None, prefix: Path, root: Path) -> Check | None:
+    """env.record: an environment provision built is ready only if its build finished (None: not ours)."""
+    if record is None:
+        return None
+    status = str(record.get("status") or "building")
+    data = {"status": status, "profile": record.get("profile"), "completed": record.get("completed"),
+            "error": record.get("error")}
+    if status == "complete":
+        return Check("env.record", Status.OK, f"built by provision from profile {record.get('profile')}, "
+                     f"completed {record.get('completed') or '?'}", None, data)
+    why = f" (it failed: {str(record['error']).splitlines()[0]})" if record.get("error") else " (it was interrupted)"
+    return Check("env.record", Status.FAIL,
+                 f"this environment's `env create` for profile {record.get('profile') or '?'} never finished{why}: "
+                 "it is not ready, whatever its packages say",
+                 _provision(root, f"env create --prefix {prefix} --force"), data)

@@ -204,7 +204,7 @@ def create_env(*, prefix: Path | str | None = None, name: str | None = None,
                index_url: str | None = None, extra_index_url: str | Sequence[str] | None = None,
                find_links: str | Sequence[str] | None = None, channels: Sequence[str] = (),
                installer: str = "auto", allow_insecure_index: bool = False,
-               from_lock: Path | str | None = None, force: bool = False,
+               from_lock: Path | str | None = None, force: bool = False, repair: bool = False,
                root: Path, environ: Mapping[str, str], progress: Progress | None = None,
                status: StatusFactory | None = None, facts: MachineFacts | None = None,
                confirm_download: Callable[[CreatePlan], bool] | None = None) -> EnvResult:
@@ -218,7 +218,7 @@ def create_env(*, prefix: Path | str | None = None, name: str | None = None,
         backend=backend, python=python_version, torch=torch, index_url=index_url,
         extra_index_urls=as_list(extra_index_url), find_links=as_list(find_links),
         channels=tuple(channels), installer=installer, allow_insecure_index=allow_insecure_index,
-        from_lock=Path(from_lock) if from_lock is not None else None, force=force)
+        from_lock=Path(from_lock) if from_lock is not None else None, force=force, repair=repair)
     plan = plan_create(options, root=root, environ=environ, facts=facts)
     if (confirm_download is not None and plan.action != "up-to-date" and plan.torch_source == "index"
             and not confirm_download(plan)):

@@ -42,6 +42,49 @@ print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "packages": found
 """
 
 
+# Runs inside the environment: each locked distribution is there, at the locked version, with every
+# file its RECORD lists (a package folder moved away leaves its metadata behind).
+_CHECK_SCRIPT = """\
+import json, os, sys, importlib.metadata as md
+want = json.loads(sys.argv[1])
+problems = []
+for name, version in sorted(want.items()):
+    try:
+        d = md.distribution(name)
+    except md.PackageNotFoundError:
+        problems.append(f"{name} {version} is not installed")
+        continue
+    if d.version != version:
+        problems.append(f"{name} is {d.version}, the lock says {version}")
+        continue
+    missing = [str(f) for f in (d.files or []) if not os.path.exists(d.locate_file(f))]
+    if missing:
+        problems.append(f"{name} {version}: {len(missing)} of its files are missing (e.g. {missing[0]})")
+print(json.dumps(problems))
+"""
+
+
+def installed_problems(python: Path, prefix: Path, environ: Mapping[str, str] | None = None,
+                       timeout: float = 120) -> list[str]:
+    """What differs between the environment and its lock: missing or other versions, missing files."""
+    try:
+        doc = json.loads((prefix / LOCK_NAME).read_text())
+        want = dict(doc.get("packages") or {})
+        for req in (doc.get("torch") or {}).get("requirements") or []:
+            name, _, version = str(req).partition("==")
+            if version:
+                want[name] = version
+    except (OSError, ValueError, AttributeError) as e:
+        return [f"its lock {prefix / LOCK_NAME} cannot be read ({e})"]
+    want = {k: v for k, v in want.items() if canonicalize_name(k) not in UNPINNED}
+    try:
+        done = proc.run([python, "-I", "-c", _CHECK_SCRIPT, json.dumps(want)], env=environ, timeout=timeout)
+        problems = json.loads(done.stdout)
+    except (ProvisionError, ValueError) as e:
+        return [f"its Python cannot list its packages ({getattr(e, 'message', e)})"]
+    return [str(p) for p in problems]
+
+
 @dataclass(frozen=True)
 class Installed:
     python: str                           # "3.11.7"

@@ -40,6 +40,7 @@ class CreateOptions:
     allow_insecure_index: bool = False
     from_lock: Path | None = None
     force: bool = False
+    repair: bool = False                 # rebuild provision's own half-built or damaged env (what `up` does)
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,8 @@ def tools(options: CreateOptions, python: str,
 
 
 def decide_existing(existing: Mapping[str, Any] | None, *, spec: Mapping[str, Any], python: Path,
-                    python_exists: bool, building_now: bool, force: bool, prefix: Path, profile: str) -> str:
+                    python_exists: bool, building_now: bool, force: bool, prefix: Path, profile: str,
+                    damage: Sequence[str] = (), repair: bool = False) -> str:
     """What to do with what is already at the prefix: "create", "up-to-date" or "replace".
 
     A pure function of the facts about the prefix; every refusal is a ProvisionError naming the fix.
@@ -304,13 +306,17 @@ def decide_existing(existing: Mapping[str, Any] | None, *, spec: Mapping[str, An
     if existing is None:
         return "create"
     status = str(existing.get("status") or "building")
-    if status == "complete" and existing.get("spec") == spec and python_exists:
+    if status == "complete" and existing.get("spec") == spec and python_exists and not damage:
         return "up-to-date"
     if status != "complete" and building_now:
         raise ProvisionError(f"{prefix} is being built right now by another `provision env create`",
                              hint="wait for it to finish, then run this again")
-    if force:
+    if force or (repair and (status != "complete" or damage)):
         return "replace"
+    if damage:
+        raise ProvisionError(f"{prefix} is damaged: " + "; ".join(damage[:3])
+                             + (f" (and {len(damage) - 3} more)" if len(damage) > 3 else ""),
+                             hint="rebuild it with --force (it was created by provision, so it may be replaced)")
     if status != "complete":
         raise ProvisionError(
             f"{prefix} is half-built: an earlier `env create` for profile "
@@ -381,8 +387,13 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     existing = _existing(location, environ)
     building = existing is not None and existing.get("status") != "complete" and is_building_now(
         location.prefix, environ)
+    damage: list[str] = []
+    if existing is not None and existing.get("status") == "complete" and existing.get("spec") == spec \
+            and python.exists():
+        # "up to date" is what the environment holds, not what its record says
+        damage = lockmod.installed_problems(python, location.prefix, environ)
     action = decide_existing(existing, spec=spec, python=python, python_exists=python.exists(),
-                             building_now=building,
+                             building_now=building, damage=damage, repair=options.repair,
                              force=options.force, prefix=location.prefix, profile=source.profile.name)
     steps = build_steps(action, location=location, existing=existing, backend=backend, installer=installer,
                         python=python, python_version=version, torch_reqs=torch_reqs,

@@ -175,13 +175,12 @@ class Environment(Stage):
         prefix = env_prefix(o, up.environ)
         inputs = up.state.inputs[self.name] = fingerprint(
             str(prefix), profile.name, o.torch, o.index_url, o.extra_index_url, o.find_links, o.backend, o.python)
-        force = envmod.env_status(prefix, up.environ) == "building"   # an interrupted run's env: rebuild it
-        if force:
+        if envmod.env_status(prefix, up.environ) == "building":
             up.say(f"environment {prefix} was left half-built by an interrupted run; rebuilding it")
         result = envmod.create_env(
             prefix=prefix, name=None, profile=profile.name, cuda=None, backend=o.backend,
             python_version=o.python, torch=o.torch, index_url=o.index_url, extra_index_url=o.extra_index_url,
-            find_links=o.find_links, allow_insecure_index=o.allow_insecure_index, force=force,
+            find_links=o.find_links, allow_insecure_index=o.allow_insecure_index, repair=True,
             root=up.root, environ=up.environ, progress=up.say, facts=up.state.machine,
             confirm_download=None if o.yes else up.confirm_torch)
         up.state.env = result

@@ -249,7 +249,16 @@ def test_other_profile_needs_force(tmp_path: Path) -> None:
 
 def test_same_spec_is_up_to_date(tmp_path: Path) -> None:
     first = plan(tmp_path)
-    fake_env(tmp_path / "env", spec=dict(first.spec))
+    prefix = fake_env(tmp_path / "env", spec=dict(first.spec))
+    # "up to date" asks the environment itself: a real interpreter, and a lock whose one pin it holds
+    (prefix / "bin" / "python").unlink()
+    (prefix / "bin" / "python").symlink_to(sys.executable)
+    name, have = subprocess.run(
+        [prefix / "bin" / "python", "-I", "-c",
+         "import importlib.metadata as m; d = next(d for d in m.distributions() if d.metadata['Name'] != 'pip'); "
+         "print(d.metadata['Name'], d.version)"], capture_output=True, text=True, check=True).stdout.split()
+    (prefix / "provision.lock.json").write_text(json.dumps({"packages": {name: have},
+                                                            "torch": {"requirements": []}}))
     p = plan(tmp_path)
     assert p.action == "up-to-date" and p.steps == ()
     assert "is up to date: profile cpu" in p.describe()

@@ -172,6 +172,46 @@ def test_interrupted_install_is_half_built_and_force_recovers(tmp_path: Path) ->
     assert listed(env, tmp_path)[str(prefix)]["status"] == "complete"
 
 
+@pytest.mark.slow
+def test_health_comes_from_the_environment_not_its_record(tmp_path: Path) -> None:
+    """Killed during its own verify step, the env is not ready for verify either; once built, a
+    package folder moved away makes it damaged, not "up to date"."""
+    env = isolated_environ(tmp_path / "home")
+    prefix = tmp_path / "env"
+    err = tmp_path / "stderr.txt"
+    create = ["--root", str(tmp_path), "env", "create", "--prefix", str(prefix)]
+    with open(err, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "provisioner", *create], env=env, cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "verify the environment ..." not in err.read_text():
+            assert child.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the verify step never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert record(prefix)["status"] == "building"
+    done = run_provision(["--root", str(tmp_path), "--json", "verify", "--env", str(prefix)], env)
+    checks = {c["id"]: c for c in json.loads(done.stdout)["checks"]}
+    assert done.returncode == 1 and checks["env.record"]["status"] == "fail"
+    assert checks["env.torch"]["status"] == "ok"          # the packages alone would have passed
+    assert checks["env.record"]["fix"] == f"provision --root {tmp_path} env create --prefix {prefix} --force"
+
+    assert run_provision([*create, "--force"], env).returncode == 0
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    (site / "torch").rename(tmp_path / "torch-moved-away")
+    done = run_provision(create, env)
+    assert done.returncode == 1, done.stdout
+    assert f"error: {prefix} is damaged: torch 2.13.0+cpu: " in done.stderr and "files are missing" in done.stderr
+    assert "hint: rebuild it with --force" in done.stderr
+    verify = run_provision(["--root", str(tmp_path), "--json", "verify", "--env", str(prefix)], env)
+    assert {c["id"]: c for c in json.loads(verify.stdout)["checks"]}["env.torch"]["status"] == "fail"
+    assert run_provision([*create, "--force"], env).returncode == 0
+    assert run_provision(create, env).returncode == 0      # healthy again: up to date
+
+
 # --- the conda path, through stand-in front-ends ------------------------------------------------
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ def record(status: str, spec: dict[str, Any] | None = SPEC, **extra: Any) -> dic
     return {"status": status, "profile": (spec or {}).get("profile"), "spec": spec, **extra}
 
 
+DAMAGE = ["torch 2.13.0+cpu: 1893 of its files are missing (e.g. torch/__init__.py)"]
+
 # (existing record, python exists, being built now, --force) -> action, or the refusal's words
 CASES = [
     pytest.param(None, False, False, False, "create", id="nothing-there"),
@@ -39,6 +41,37 @@ CASES = [
     pytest.param({"status": "building", "profile": None, "spec": None}, False, False, False, "is half-built",
                  id="registry-only"),
 ]
+
+
+# damage (what the environment holds differs from its lock) and `up`'s repair
+DAMAGE_CASES = [
+    pytest.param(DAMAGE, False, False, "is damaged: torch 2.13.0+cpu: 1893 of its files are missing", id="damaged"),
+    pytest.param(DAMAGE, True, False, "replace", id="damaged-force"),
+    pytest.param(DAMAGE, False, True, "replace", id="damaged-repair"),
+    pytest.param([], False, True, "up-to-date", id="healthy-repair-is-a-noop"),
+]
+
+
+@pytest.mark.parametrize(("damage", "force", "repair", "want"), DAMAGE_CASES)
+def test_damage_is_not_up_to_date(damage: list[str], force: bool, repair: bool, want: str) -> None:
+    kwargs: dict[str, Any] = {"spec": SPEC, "python": PREFIX / "bin" / "python", "python_exists": True,
+                              "building_now": False, "force": force, "prefix": PREFIX, "profile": "cpu",
+                              "damage": damage, "repair": repair}
+    if want in ("up-to-date", "replace"):
+        assert decide_existing(record("complete"), **kwargs) == want
+    else:
+        with pytest.raises(ProvisionError) as e:
+            decide_existing(record("complete"), **kwargs)
+        assert want in e.value.message and "--force" in (e.value.hint or "")
+
+
+def test_repair_rebuilds_a_half_built_env_but_never_another_profiles() -> None:
+    kwargs: dict[str, Any] = {"spec": SPEC, "python": PREFIX / "bin" / "python", "python_exists": True,
+                              "building_now": False, "force": False, "prefix": PREFIX, "profile": "cpu",
+                              "repair": True}
+    assert decide_existing(record("building"), **kwargs) == "replace"
+    with pytest.raises(ProvisionError, match="holds an environment built from profile cu126"):
+        decide_existing(record("complete", OTHER), **kwargs)
 
 
 @pytest.mark.parametrize(("existing", "python_exists", "building", "force", "want"), CASES)
