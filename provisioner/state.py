@@ -43,11 +43,14 @@ def write(environ: Mapping[str, str], name: str, data: Any) -> Path:
 
 def record_failure(environ: Mapping[str, str], argv: Sequence[str], message: str,
                    hint: str | None, detail: str = "") -> None:
-    """Keep the last user-facing failure for `provision report`; never fails the caller."""
+    """Keep the last user-facing failure for `provision report`, redacted as the report is (a
+    password in an index URL must not sit in a file); never fails the caller."""
+    from provisioner import redact
+
     try:
-        write(environ, LAST_FAILURE, {
+        write(environ, LAST_FAILURE, redact.redact({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
             "message": message, "hint": hint, "detail": detail[-8000:],
-        })
+        }, environ))
     except OSError:
         pass

@@ -103,9 +103,11 @@ def _wants_json(app: App | None) -> bool:
 
 def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None:
     """`error:` and `hint:` on stderr; under --json also one document on stdout; then the exit code."""
-    click.echo(f"error: {message}", err=True)
+    from provisioner.redact import mask_urls
+
+    click.echo(mask_urls(f"error: {message}"), err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(mask_urls(f"hint: {hint}"), err=True)
     app = ctx.find_object(App)
     if app is not None:
         app.emit_error(message, hint, code)

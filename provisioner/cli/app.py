@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from provisioner import proc
+from provisioner.redact import mask_urls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,18 +33,18 @@ class App:
     def echo(self, text: str = "", *, nl: bool = True) -> None:
         """Human output to stdout (suppressed under --json so stdout holds one document)."""
         if not self.json:
-            click.echo(text, nl=nl, color=self.color)
+            click.echo(mask_urls(text), nl=nl, color=self.color)
 
     def info(self, text: str) -> None:
         """Progress and hints to stderr (always; never pollutes --json)."""
-        click.echo(text, err=True, color=self.color)
+        click.echo(mask_urls(text), err=True, color=self.color)
 
     def debug(self, text: str) -> None:
         if self.verbose:
             click.echo(text, err=True, color=self.color)
 
     def emit_json(self, doc: Any) -> None:
-        click.echo(json.dumps(doc, indent=2, default=str))
+        click.echo(json.dumps(mask_urls(doc), indent=2, default=str))
         self.emitted = True
 
     def emit_error(self, message: str, hint: str | None, exit_code: int) -> None:
