@@ -19,10 +19,10 @@ def model_group() -> None:
 
 @model_group.command("fit")
 @click.argument("model")
-@click.option("--context", type=click.IntRange(min=1), default=None,
+@click.option("--context", type=click.IntRange(1, 1 << 24), default=None,
               help="Tokens per sequence (prompt + reply) to hold in the KV cache "
                    f"[default: {fit.DEFAULT_CONTEXT}, or the model's maximum if shorter].")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="Sequences generated at once.")
 @click.option("--gpu-memory", default="auto", show_default=True, metavar="GiB|auto",
               help="Free GPU memory to fit into; auto asks NVML for the GPU's free memory.")

@@ -28,7 +28,7 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 @click.option("--name", default=None, help="Environment name (a conda env name with conda).")
 @click.option("--prefix", type=click.Path(path_type=Path), default=None, help="Environment prefix (a venv path).")
 @click.option("--quant", type=click.Choice(["auto", "nf4", "int8", "none"]), default="auto", show_default=True)
-@click.option("--context", type=click.IntRange(min=1), default=None, help="Context tokens to plan for.")
+@click.option("--context", type=click.IntRange(1, 1 << 24), default=None, help="Context tokens to plan for.")
 @click.option("--backend", type=click.Choice(["auto", "conda", "mamba", "micromamba", "venv"]), default="auto",
               envvar="PROVISION_BACKEND", show_envvar=True)
 @click.option("--python", "python_version", default=None, help="Python X.Y for the environment.")
@@ -42,7 +42,7 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 @click.option("--local-dir", type=click.Path(path_type=Path), default=None, help="Download the model here.")
 @click.option("--gpu-memory", default=None, help="GiB the model may use, or auto (free memory from NVML).")
 @click.option("--prompt", default=None, help="Smoke-test prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 16), default=64, show_default=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before large downloads or root changes.")
 @click.option("--dry-run", is_flag=True, help="Show the plan (each stage's state) and stop.")
 @json_option
@@ -65,6 +65,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
     if endpoint and mirror:
         raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
     _check_profile_name(profile, app.environ)
+    _check_arguments(model, gpu_memory, app)
     if model is None:
         from provisioner.model import smoke
 
@@ -129,6 +130,17 @@ def _check_profile_name(profile: str, environ: Mapping[str, str]) -> None:
         close = difflib.get_close_matches(profile, list(known), n=1, cutoff=0.5)
         raise UsageError(f"no profile named '{profile}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
                          hint=f"known profiles: {', '.join(known)}; or use --profile auto")
+
+
+def _check_arguments(model: str | None, gpu_memory: str | None, app: App) -> None:
+    """What `up` would only find wrong stages later (after building an environment): refused now."""
+    from provisioner.model import fit
+
+    if gpu_memory not in (None, "auto"):
+        fit.gpu_memory(gpu_memory, environ=app.environ)          # raises the usage error; no NVML for a number
+    if model is not None and model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+        raise UsageError(f"model folder {model} does not exist",
+                         hint="pass an existing folder holding config.json, a hub id or a built-in name")
 
 
 def _confirmer(interactive: bool) -> Callable[[str], bool]:

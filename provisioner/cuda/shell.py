@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.errors import ProvisionError
+from provisioner.errors import PermissionDenied, ProvisionError
 
 SHELLS = ("bash", "zsh", "fish")
 BEGIN = "# >>> provision cuda >>>"
@@ -145,7 +145,8 @@ def apply_shell_init(plan: ShellInitPlan) -> Path | None:
     try:
         return _write_shell_init(plan)
     except OSError as e:
-        raise ProvisionError(f"cannot write {plan.path}: {e.strerror} ({e.filename}); it was left as it was",
+        kind = PermissionDenied if isinstance(e, PermissionError) else ProvisionError
+        raise kind(f"cannot write {plan.path}: {e.strerror} ({e.filename}); it was left as it was",
                              hint="fix its permissions (it should belong to you), or add the lines "
                                   "`provision cuda shell-init` prints to it by hand") from None
 

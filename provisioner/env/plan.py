@@ -290,6 +290,13 @@ def tools(options: CreateOptions, python: str,
     interpreter: Path | None = base_python
     if isinstance(backend, CondaBackend):
         interpreter, note = None, None   # conda brings its own python=X.Y
+    if note and options.python:
+        import sys
+
+        current = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise UsageError(f"--python {python}: no python{python} on PATH to make the venv from",
+                         hint=f"install Python {python} (or put it on PATH), use a conda backend "
+                              f"(--backend conda/mamba/micromamba bring python={python}), or pass --python {current}")
     notes = [note] if note else []
     if options.channels and not isinstance(backend, CondaBackend):
         notes.append("--channel applies to conda backends only; ignored for a venv")

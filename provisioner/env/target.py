@@ -96,10 +96,18 @@ def _from_prefix(prefix: Path, *, given: str) -> EnvTarget:
     if not python.exists():
         # A venv whose base interpreter was removed leaves a dangling bin/python link.
         what = "a dangling bin/python link" if python.is_symlink() else "no bin/python"
-        raise ProvisionError(f"{prefix} is not a usable Python environment ({what})",
-                             hint="recreate it: provision env create --prefix "
-                                  f"{prefix} --profile <profile>")
+        raise ProvisionError(f"{prefix} is not a usable Python environment ({what})", hint=_rebuild_hint(prefix))
     return EnvTarget(kind_of(prefix), prefix, python)
+
+
+def _rebuild_hint(prefix: Path) -> str:
+    """A command that `env create` will then accept for this folder (it never replaces a foreign one)."""
+    if (prefix / "provision-env.json").exists():
+        return f"rebuild it: provision env create --prefix {prefix} --force"
+    if prefix.is_dir() and not any(prefix.iterdir()):
+        return f"build one there: provision env create --prefix {prefix}"
+    return (f"{prefix} was not built by provision, which never replaces a folder it did not make: build one "
+            f"elsewhere (provision env create --prefix {prefix.parent / 'llm'}), or move {prefix} away first")
 
 
 def find_conda_env(name: str, environ: Mapping[str, str]) -> Path | None:

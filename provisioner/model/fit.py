@@ -257,6 +257,10 @@ class GpuMemory:
     prefer_bf16: bool = False
 
 
+#: No single accelerator holds more; a larger figure is a typo (or bytes given as GiB).
+MAX_GPU_GIB = 16384
+
+
 def gpu_memory(setting: str, *, environ: Mapping[str, str], info: DriverInfo | None = None) -> GpuMemory:
     """`--gpu-memory GiB` as given, or `auto`: the largest free memory NVML reports on one GPU.
 
@@ -274,8 +278,8 @@ def gpu_memory(setting: str, *, environ: Mapping[str, str], info: DriverInfo | N
                              hint=example) from None
         if not math.isfinite(value):
             raise UsageError(f"--gpu-memory must be a finite number of GiB (got {setting})", hint=example)
-        if not value > 0:
-            raise UsageError(f"--gpu-memory must be positive (got {setting})", hint=example)
+        if not 0 < value <= MAX_GPU_GIB:
+            raise UsageError(f"--gpu-memory must be between 0 and {MAX_GPU_GIB} GiB (got {setting})", hint=example)
         return GpuMemory(int(value * GiB), f"--gpu-memory {setting} GiB")
     if info is None:
         from provisioner.system import gpu
