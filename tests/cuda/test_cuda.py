@@ -737,7 +737,7 @@ def test_unwritable_rc_file_is_refused_and_left_alone(root: Path, tmp_path: Path
                                                           "bash")), capture_output=True, text=True, env=env)
     finally:
         home.chmod(0o755)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 4, done.stderr     # a permission error exits 4, as the README says
     assert f"error: cannot write {home / '.bashrc'}: Permission denied" in done.stderr
     assert "hint: " in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in home.iterdir()) == [".bashrc"]
