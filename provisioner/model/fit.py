@@ -278,8 +278,10 @@ def gpu_memory(setting: str, *, environ: Mapping[str, str], info: DriverInfo | N
                              hint=example) from None
         if not math.isfinite(value):
             raise UsageError(f"--gpu-memory must be a finite number of GiB (got {setting})", hint=example)
-        if not 0 < value <= MAX_GPU_GIB:
-            raise UsageError(f"--gpu-memory must be between 0 and {MAX_GPU_GIB} GiB (got {setting})", hint=example)
+        if not value > 0:
+            raise UsageError(f"--gpu-memory must be positive (got {setting})", hint=example)
+        if value > MAX_GPU_GIB:
+            raise UsageError(f"--gpu-memory must be at most {MAX_GPU_GIB} GiB (got {setting})", hint=example)
         return GpuMemory(int(value * GiB), f"--gpu-memory {setting} GiB")
     if info is None:
         from provisioner.system import gpu

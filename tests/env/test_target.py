@@ -117,7 +117,7 @@ def _dangling(p: Path) -> None:
     pytest.param(lambda p: (p / "empty").mkdir(), "{tmp}/empty",
                  "is not a usable Python environment (no bin/python)", "provision env create --prefix",
                  id="no-python"),
-    pytest.param(_dangling, "{tmp}/gone", "(a dangling bin/python link)", "recreate it",
+    pytest.param(_dangling, "{tmp}/gone", "(a dangling bin/python link)", "was not built by provision",
                  id="dangling-python"),
     pytest.param(None, "{tmp}/absent", "does not exist", "provision env create --prefix",
                  id="missing-path"),

@@ -296,6 +296,7 @@ def test_gpu_memory_auto_without_a_gpu_gives_no_verdict(no_driver_environ: dict[
     pytest.param("0", "--gpu-memory must be positive (got 0)", id="zero"),
     pytest.param("inf", "--gpu-memory must be a finite number of GiB (got inf)", id="infinite"),
     pytest.param("nan", "--gpu-memory must be a finite number of GiB (got nan)", id="nan"),
+    pytest.param("1e30", "--gpu-memory must be at most 16384 GiB (got 1e30)", id="absurd"),
 ])
 def test_gpu_memory_errors(value: str, message: str) -> None:
     with pytest.raises(UsageError) as e:
