@@ -230,6 +230,25 @@ def _compile_check(tree: Path, scratch: Path, environ: Mapping[str, str]) -> Non
                              hint="report this with the output of `provision -v cuda install ...`")
 
 
+def _remove_stale_work(plan: InstallPlan) -> None:
+    """The hidden work folders of installs that were killed (SIGKILL runs no cleanup): their process is
+    gone, so their ~300 MB go now; a live install's folder is left alone."""
+    for old in plan.prefix.parent.glob(f".{plan.prefix.name}.provision-tmp-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def apply_install(plan: InstallPlan, progress: Callable[[str], None] | None = None) -> Toolkit:
     """Fetch, assemble and check the toolkit in a hidden directory beside the target, then rename it
     into place; nothing is left behind on failure."""
@@ -237,8 +256,7 @@ def apply_install(plan: InstallPlan, progress: Callable[[str], None] | None = No
     work = plan.work_dir
     try:
         plan.prefix.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(work):
-            shutil.rmtree(work)  # a killed install with our pid
+        _remove_stale_work(plan)
         work.mkdir()
         stage = work / "wheels"
         _fetch(plan, stage, say)

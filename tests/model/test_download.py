@@ -210,6 +210,40 @@ def test_dropped_connection_resumes_with_a_range_request(online: None, hub: HubS
     assert sha(data) == sha(hub_repo.files["model.safetensors"])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_download_is_never_complete_and_the_next_run_resumes(
+        sig: signal.Signals, online: None, hub: HubServer, hub_repo: Repo, isolated_home: Path,
+        provision_cmd: list[str]) -> None:
+    """SIGTERM / SIGKILL to the process group mid-file (no handler runs): no file appears complete,
+    and the same command again resumes from what reached the disk."""
+    hub.stall_after["model.safetensors"] = 12 << 20
+    blob = hub_repo.etag("model.safetensors")
+    partial = cache_dir(isolated_home) / "models--acme--tiny-qwen2" / "blobs" / f"{blob}.incomplete"
+    run = subprocess.Popen([*provision_cmd, "model", "download", REPO, "--endpoint", hub.url], env=dict(os.environ),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert hub.stalled.wait(30), "the transfer never started"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (partial.is_file() and partial.stat().st_size >= CHUNK):
+            time.sleep(0.05)
+        os.killpg(run.pid, sig)
+        run.communicate(timeout=30)
+    finally:
+        hub.release()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == -sig
+    assert not (snapshot(isolated_home, hub_repo) / "model.safetensors").exists()
+    kept = partial.stat().st_size if partial.exists() else 0
+    result = cli("model", "download", REPO, "--endpoint", hub.url)
+    assert result.exit_code == 0, result.output
+    if kept:
+        assert [rng for name, rng in resolve_gets(hub) if name == "model.safetensors"][-1] == f"bytes={kept}-"
+    data = (snapshot(isolated_home, hub_repo) / "model.safetensors").read_bytes()
+    assert sha(data) == sha(hub_repo.files["model.safetensors"])
+
+
 def test_interrupted_download_keeps_its_bytes_and_the_next_run_resumes(
         online: None, hub: HubServer, hub_repo: Repo, isolated_home: Path, provision_cmd: list[str]) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) mid-file, then the same command again."""
