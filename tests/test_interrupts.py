@@ -118,3 +118,18 @@ def test_cuda_install_interrupted_leaves_no_toolkit_and_the_next_run_installs(ph
     listed = json.loads(run_provision(["--root", str(root), "--json", "cuda", "list"], env).stdout)["toolkits"]
     assert [t["complete"] for t in listed if t["name"] == "cuda-13.0"] == [True]
     assert not list(local.glob(".cuda-13.0.provision-tmp-*"))                                  # no 300 MB left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", ["diagnose", "profile", "toolkit", "env", "fit"])
+def test_up_killed_between_any_two_stages_resumes(after: str, tmp_path: Path) -> None:
+    """SIGKILL right after each stage finishes (the signals' other forms are above, inside env and smoke)."""
+    env = isolated_environ(tmp_path / "home")
+    up = ["--root", str(tmp_path), "up", "--model", str(TINY), "--profile", "cpu", "--prefix", str(tmp_path / "env"),
+          "--yes"]
+    _interrupt(up, env, f"] {after}:", signal.SIGKILL, tmp_path / "stderr.txt")
+    again = run_provision(up, env)
+    assert again.returncode == 0, again.stderr
+    assert "reply        'I am fine, thank you.'" in again.stdout
+    third = run_provision(up, env)
+    assert "Nothing to do: every stage was already done" in third.stdout      # and now it is really complete
