@@ -1,6 +1,8 @@
 """Fixtures for the env tests: isolated environs, the stand-in conda front-ends, one real built env."""
 from __future__ import annotations
 
+import signal
+
 import json
 import os
 import shutil
@@ -125,3 +127,26 @@ def conda_standin(tmp_path: Path, chat_env_python: Path) -> Callable[[str], Cond
         return CondaStandin(flavor, env, log, root)
 
     return make
+
+
+def interrupt_at(argv: list[str], env: dict[str, str], marker: str, sig: signal.Signals, log: Path,
+               timeout: float = 300) -> tuple[int, str]:
+    """Run `provision ARGV`, send `sig` to its process group once stderr shows `marker`; (returncode, stderr)."""
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "provisioner", *argv], env=env, cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while marker not in log.read_text():
+            if child.poll() is not None:
+                break                                    # it finished first: nothing left to interrupt
+            assert time.monotonic() < deadline, f"never reached {marker!r}:\n{log.read_text()}"
+            time.sleep(0.02)
+        if child.poll() is None:
+            os.killpg(child.pid, sig)
+        code = child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return code, log.read_text()

@@ -6,42 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures_env import isolated_environ, run_provision
+from tests.fixtures_env import interrupt_at, isolated_environ, run_provision
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "tiny-qwen2"
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 ENV_STEPS = ["create the venv", "install torch", "install packages", "verify the environment", "record and lock"]
-
-
-def _interrupt(argv: list[str], env: dict[str, str], marker: str, sig: signal.Signals, log: Path,
-               timeout: float = 300) -> tuple[int, str]:
-    """Run `provision ARGV`, send `sig` to its process group once stderr shows `marker`; (returncode, stderr)."""
-    with open(log, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "provisioner", *argv], env=env, cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while marker not in log.read_text():
-            if child.poll() is not None:
-                break                                    # it finished first: nothing left to interrupt
-            assert time.monotonic() < deadline, f"never reached {marker!r}:\n{log.read_text()}"
-            time.sleep(0.02)
-        if child.poll() is None:
-            os.killpg(child.pid, sig)
-        code = child.wait(timeout=120)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    return code, log.read_text()
 
 
 def _verify_ok(root: Path, prefix: Path, env: dict[str, str]) -> bool:
@@ -56,7 +30,7 @@ def test_env_create_interrupted_at_every_step(step: str, sig: str, tmp_path: Pat
     env = isolated_environ(tmp_path / "home")
     prefix = tmp_path / "env"
     create = ["--root", str(tmp_path), "env", "create", "--prefix", str(prefix)]
-    code, err = _interrupt(create, env, f"] {step} ...", SIGNALS[sig], tmp_path / "stderr.txt")
+    code, err = interrupt_at(create, env, f"] {step} ...", SIGNALS[sig], tmp_path / "stderr.txt")
     if sig == "SIGINT" and code == 130:
         assert "error: interrupted" in err and "env create --force" in err and "Traceback" not in err
     rec = prefix / "provision-env.json"
@@ -84,7 +58,7 @@ def test_up_interrupted_then_resumed(stage: str, sig: str, tmp_path: Path) -> No
     prefix = tmp_path / "env"
     up = ["--root", str(tmp_path), "up", "--model", str(TINY), "--profile", "cpu", "--prefix", str(prefix), "--yes"]
     marker = "] install torch ..." if stage == "env" else "] download:"
-    code, err = _interrupt(up, env, marker, SIGNALS[sig], tmp_path / "stderr.txt")
+    code, err = interrupt_at(up, env, marker, SIGNALS[sig], tmp_path / "stderr.txt")
     assert "Traceback" not in err
     record = tmp_path / "home" / ".local/state/provision/up.json"
     state = json.loads(record.read_text())["stages"] if record.exists() else {}
@@ -106,7 +80,7 @@ def test_cuda_install_interrupted_leaves_no_toolkit_and_the_next_run_installs(ph
     root = tmp_path / "root"
     env = dict(os.environ, HOME=str(tmp_path / "home"))
     install = ["--root", str(root), "cuda", "install", "13.0", "--wheel-cache", str(WHEEL_CACHE)]
-    code, err = _interrupt(install, env, phase, SIGNALS[sig], tmp_path / "stderr.txt")
+    code, err = interrupt_at(install, env, phase, SIGNALS[sig], tmp_path / "stderr.txt")
     assert "Traceback" not in err
     local = root / "usr" / "local"
     if not (local / "cuda-13.0" / "bin" / "nvcc").is_file():
@@ -127,7 +101,7 @@ def test_up_killed_between_any_two_stages_resumes(after: str, tmp_path: Path) ->
     env = isolated_environ(tmp_path / "home")
     up = ["--root", str(tmp_path), "up", "--model", str(TINY), "--profile", "cpu", "--prefix", str(tmp_path / "env"),
           "--yes"]
-    _interrupt(up, env, f"] {after}:", signal.SIGKILL, tmp_path / "stderr.txt")
+    interrupt_at(up, env, f"] {after}:", signal.SIGKILL, tmp_path / "stderr.txt")
     again = run_provision(up, env)
     assert again.returncode == 0, again.stderr
     assert "reply        'I am fine, thank you.'" in again.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import env as envmod
-from tests.fixtures_env import REPO, BuiltEnv, CondaStandin, isolated_environ, run_provision
+from tests.fixtures_env import REPO, BuiltEnv, CondaStandin, interrupt_at, isolated_environ, run_provision
 
 
 def record(prefix: Path) -> dict[str, object]:
@@ -178,20 +178,8 @@ def test_health_comes_from_the_environment_not_its_record(tmp_path: Path) -> Non
     package folder moved away makes it damaged, not "up to date"."""
     env = isolated_environ(tmp_path / "home")
     prefix = tmp_path / "env"
-    err = tmp_path / "stderr.txt"
     create = ["--root", str(tmp_path), "env", "create", "--prefix", str(prefix)]
-    with open(err, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "provisioner", *create], env=env, cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while "verify the environment ..." not in err.read_text():
-            assert child.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the verify step never started"
-            time.sleep(0.05)
-    finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
+    interrupt_at(create, env, "verify the environment ...", signal.SIGKILL, tmp_path / "stderr.txt")
     assert record(prefix)["status"] == "building"
     done = run_provision(["--root", str(tmp_path), "--json", "verify", "--env", str(prefix)], env)
     checks = {c["id"]: c for c in json.loads(done.stdout)["checks"]}

@@ -210,15 +210,13 @@ def test_dropped_connection_resumes_with_a_range_request(online: None, hub: HubS
     assert sha(data) == sha(hub_repo.files["model.safetensors"])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_killed_download_is_never_complete_and_the_next_run_resumes(
-        sig: signal.Signals, online: None, hub: HubServer, hub_repo: Repo, isolated_home: Path,
-        provision_cmd: list[str]) -> None:
-    """SIGTERM / SIGKILL to the process group mid-file (no handler runs): no file appears complete,
-    and the same command again resumes from what reached the disk."""
+def _signal_mid_file(sig: signal.Signals, hub: HubServer, hub_repo: Repo, home: Path,
+                     provision_cmd: list[str]) -> tuple[subprocess.Popen[str], str, Path]:
+    """`model download` stalled by the hub after 12 MiB; `sig` to its process group once the first
+    10 MiB chunk is on disk. (the finished process, its stderr, the partial file)"""
     hub.stall_after["model.safetensors"] = 12 << 20
     blob = hub_repo.etag("model.safetensors")
-    partial = cache_dir(isolated_home) / "models--acme--tiny-qwen2" / "blobs" / f"{blob}.incomplete"
+    partial = cache_dir(home) / "models--acme--tiny-qwen2" / "blobs" / f"{blob}.incomplete"
     run = subprocess.Popen([*provision_cmd, "model", "download", REPO, "--endpoint", hub.url], env=dict(os.environ),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -227,12 +225,22 @@ def test_a_killed_download_is_never_complete_and_the_next_run_resumes(
         while time.monotonic() < deadline and not (partial.is_file() and partial.stat().st_size >= CHUNK):
             time.sleep(0.05)
         os.killpg(run.pid, sig)
-        run.communicate(timeout=30)
+        _out, err = run.communicate(timeout=30)
     finally:
         hub.release()
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
+    return run, err, partial
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_download_is_never_complete_and_the_next_run_resumes(
+        sig: signal.Signals, online: None, hub: HubServer, hub_repo: Repo, isolated_home: Path,
+        provision_cmd: list[str]) -> None:
+    """SIGTERM / SIGKILL to the process group mid-file (no handler runs): no file appears complete,
+    and the same command again resumes from what reached the disk."""
+    run, _err, partial = _signal_mid_file(sig, hub, hub_repo, isolated_home, provision_cmd)
     assert run.returncode == -sig
     assert not (snapshot(isolated_home, hub_repo) / "model.safetensors").exists()
     kept = partial.stat().st_size if partial.exists() else 0
@@ -248,23 +256,7 @@ def test_interrupted_download_keeps_its_bytes_and_the_next_run_resumes(
         online: None, hub: HubServer, hub_repo: Repo, isolated_home: Path, provision_cmd: list[str]) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) mid-file, then the same command again."""
     cut = CHUNK
-    hub.stall_after["model.safetensors"] = 12 << 20
-    blob = hub_repo.etag("model.safetensors")
-    partial = cache_dir(isolated_home) / "models--acme--tiny-qwen2" / "blobs" / f"{blob}.incomplete"
-    run = subprocess.Popen([*provision_cmd, "model", "download", REPO, "--endpoint", hub.url], env=dict(os.environ),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert hub.stalled.wait(30), "the transfer never started"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (partial.is_file() and partial.stat().st_size >= cut):
-            time.sleep(0.05)
-        os.killpg(run.pid, signal.SIGINT)
-        out, err = run.communicate(timeout=30)
-    finally:
-        hub.release()
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+    run, err, partial = _signal_mid_file(signal.SIGINT, hub, hub_repo, isolated_home, provision_cmd)
     assert run.returncode == 130, err
     assert "error: download interrupted" in err
     assert "hint: run the same command again: it resumes" in err

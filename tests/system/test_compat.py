@@ -82,7 +82,7 @@ def test_every_minor_has_exactly_one_ga_row() -> None:
 
 def test_driver_minimums_never_fall_as_toolkits_rise() -> None:
     rows = sorted(compat.table().toolkits, key=lambda r: r.cuda)
-    for older, newer in zip(rows, rows[1:]):
+    for older, newer in zip(rows, rows[1:], strict=False):
         assert older.cuda < newer.cuda, f"duplicate row {newer.cuda}"
         assert older.driver <= newer.driver, (older, newer)
 

@@ -28,7 +28,7 @@ def test_explain_of_this_machines_nvidia_smi_matches_nvml() -> None:
     assert facts["driver"]["cuda"] == (info.cuda.short if info.cuda else None)
     names = [g["name"] for g in facts["gpus"]]
     assert len(names) == len(info.gpus)
-    for shown, real in zip(names, (g.name or "" for g in info.gpus)):
+    for shown, real in zip(names, (g.name or "" for g in info.gpus), strict=True):
         assert real.startswith(shown.rstrip(". …").rstrip()), (shown, real)   # nvidia-smi may cut long names
     totals = [g["memory_total_mib"] for g in facts["gpus"]]
     assert totals == [g.memory_total // 2**20 if g.memory_total else None for g in info.gpus]
