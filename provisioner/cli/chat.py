@@ -43,7 +43,7 @@ def _exec(args: list[str], environ: Mapping[str, str]) -> None:
 @click.option("--quant", type=click.Choice(smoke.QUANTS), default=None,
               help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU); "
                    "default: what `provision up` chose, else nf4.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 16), default=512, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True,
               help="Longest reply, in tokens.")
 @click.option("--system", metavar="TEXT", help="System message that starts the conversation.")
 @click.option("--trust-remote-code", is_flag=True,

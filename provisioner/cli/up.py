@@ -42,7 +42,7 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 @click.option("--local-dir", type=click.Path(path_type=Path), default=None, help="Download the model here.")
 @click.option("--gpu-memory", default=None, help="GiB the model may use, or auto (free memory from NVML).")
 @click.option("--prompt", default=None, help="Smoke-test prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 16), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before large downloads or root changes.")
 @click.option("--dry-run", is_flag=True, help="Show the plan (each stage's state) and stop.")
 @json_option

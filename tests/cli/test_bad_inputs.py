@@ -27,7 +27,7 @@ def _run(tmp_path: Path, *args: str, drop_caps: bool = False, **env: str) -> sub
     ["model", "fit", str(TINY), "--gpu-memory", "1e30"],
     ["up", "--gpu-memory", "-3", "--dry-run", "--profile", "cpu"],
     ["up", "--model", "./no-such-model-folder", "--dry-run", "--profile", "cpu"],
-    ["up", "--max-new-tokens", "99999999", "--dry-run"],
+    ["up", "--max-new-tokens", "99999999999", "--dry-run"],
 ], ids=lambda a: " ".join(a[:4]))
 def test_out_of_range_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
     done = _run(tmp_path, *args)
