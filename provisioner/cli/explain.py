@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import UsageError
+
+if TYPE_CHECKING:
+    from provisioner.explain import Explanation
 
 #: Larger inputs are cut: an issue body or a report is far smaller, and the parsers stay linear.
 MAX_BYTES = 8 * 1024 * 1024
@@ -39,23 +43,21 @@ def explain_cmd(app: App, files: tuple[str, ...]) -> None:
     Reads FILEs (stdin with none or `-`), runs the verify checks the facts allow and names each
     recognised error's cause and fix. Exit 0: nothing wrong found; 1: problems; 2: nothing readable.
     """
-    from provisioner import explain, report
+    from provisioner import explain
 
     inputs = [_read(f) for f in (files or ("-",))]
     result = explain.explain(inputs, environ=app.environ, root=app.root)
     if app.json:
         app.emit_json(result.to_dict())
     else:
-        app.echo(render(result, report))
+        app.echo(render(result))
     if result.exit_code:
         raise SystemExit(result.exit_code)
 
 
-def render(result: object, report: object) -> str:
-    from provisioner.explain import Explanation
+def render(result: Explanation) -> str:
     from provisioner.report import render_checks, table
 
-    assert isinstance(result, Explanation)
     out: list[str] = []
     if result.readings:
         out.append("Facts read:")

@@ -346,13 +346,15 @@ def explain(inputs: Sequence[tuple[str, str | bytes]], *, environ: Mapping[str, 
     from provisioner import verify
 
     docs = [text.read(name, data) for name, data in inputs]
-    report = next((f for f in (report_facts(d) for d in docs) if f is not None), None)
-    pasted = [d for d in docs if report_facts(d) is None]
+    # each input read once as a report; the first report's facts win, the other inputs are pastes
+    reports = [(d, report_facts(d)) for d in docs]
+    first = next(((d, f) for d, f in reports if f is not None), None)
+    pasted = [d for d, f in reports if f is None]
     facts, readings, unread, found = paste_facts(pasted)
-    if report is not None:
+    report = first[1] if first is not None else None
+    if first is not None and report is not None:
         facts = report
-        readings.append(Reading("report", "provision report facts", next(
-            d.name for d in docs if report_facts(d) is not None), 1, "provision report"))
+        readings.append(Reading("report", "provision report facts", first[0].name, 1, "provision report"))
     has_facts = (facts.info is not None or facts.cuda is not None or facts.toolkit_version is not None
                  or facts.probe is not None or report is not None)
     for d in pasted:
