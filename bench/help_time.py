@@ -31,6 +31,7 @@ def main() -> None:
     print(f"python -c 'import click'  {base * 1000:7.1f} ms")
     print(f"provision --help          {help_ * 1000:7.1f} ms")
     print(f"ratio help/import-click   {help_ / base:7.2f}x")
+    print(f"RESULT\tprovision --help vs python -c 'import click'\t{help_:.3f}\t{base:.3f}\t{help_ / base:.2f}\t<= 1.50")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""XDG locations for provision's own config, data and state, taken from an environ mapping."""
+"""XDG locations for provision's own config, data, state and cache, taken from an environ mapping."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -24,6 +24,11 @@ def data_dir(environ: Mapping[str, str]) -> Path:
 
 def state_dir(environ: Mapping[str, str]) -> Path:
     return _base(environ, "XDG_STATE_HOME", ".local/state") / APP
+
+
+def cache_dir(environ: Mapping[str, str]) -> Path:
+    """$XDG_CACHE_HOME/provision: results that may be deleted at any time (the env-probe cache)."""
+    return _base(environ, "XDG_CACHE_HOME", ".cache") / APP
 
 
 def under_root(root: Path, system_path: str | Path) -> Path:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner import paths
+from provisioner import fsio, paths
 
 #: The last user-facing error (written by the CLI, read by `provision report`).
 LAST_FAILURE = "last-failure.json"
@@ -27,18 +25,8 @@ def read(environ: Mapping[str, str], name: str) -> Any | None:
 
 
 def write(environ: Mapping[str, str], name: str, data: Any) -> Path:
-    """Write atomically (temp file + rename), so an interrupted run never leaves half a record."""
-    target = path(environ, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write atomically, readable by this user only, so an interrupted run never leaves half a record."""
+    return fsio.atomic_write(path(environ, name), json.dumps(data, indent=2, default=str), mode=0o600)
 
 
 def record_failure(environ: Mapping[str, str], argv: Sequence[str], message: str,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +18,61 @@ from provisioner.system.checks import check_driver, check_gpus
 from provisioner.versions import CudaVersion
 
 if TYPE_CHECKING:
+    from provisioner.env.target import EnvTarget
+    from provisioner.model.smoke_result import SmokeResult
     from provisioner.profiles import Profile
 
 # The snapshot and its live reader live in facts.py; these names stay for callers of verify.
 Facts = facts_mod.Facts
-gather = facts_mod.gather
 os_ids = facts_mod.os_ids
 probe_env = envprobe.run
 PROBE_SCRIPT = envprobe.PROBE_SCRIPT
+
+
+@dataclass(frozen=True)
+class SmokeRequest:
+    """`verify --smoke-chat`'s options: the chat then runs in the env probe's own process."""
+
+    model: str | None = None            # None: smoke.DEFAULT_MODEL
+    quant: str = "nf4"
+    prompt: str | None = None
+    max_new_tokens: int = 64
+    trust_remote_code: bool = False
+    stream_to: Any = None               # where the reply is shown as it is generated
+
+
+def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None, fresh: bool = False,
+           smoke: SmokeRequest | None = None) -> Facts:
+    """facts.gather(); with `smoke`, one process of the environment probes it and then runs the smoke
+    chat (one torch import for both), and the chat's result comes back as `facts.smoke`."""
+    from provisioner.model import smoke as smoke_mod
+
+    if smoke is None or smoke_mod.local_model_problem(smoke.model or smoke_mod.DEFAULT_MODEL):
+        # a bad model folder fails in smoke_checks before anything loads
+        return facts_mod.gather(root=root, environ=environ, env_target=env_target, fresh=fresh)
+    results: list[SmokeResult] = []
+
+    def probe_and_chat(target: EnvTarget) -> tuple[dict[str, Any] | None, str | None]:
+        kwargs: dict[str, Any] = {"quant": smoke.quant, "max_new_tokens": smoke.max_new_tokens,
+                                  "trust_remote_code": smoke.trust_remote_code, "environ": environ,
+                                  "stream_to": smoke.stream_to}
+        if smoke.prompt:
+            kwargs["prompt"] = smoke.prompt
+        try:
+            result, report, problem = smoke_mod.run_with_probe(
+                target.python, smoke.model or smoke_mod.DEFAULT_MODEL, **kwargs)
+        except ProvisionError:
+            return envprobe.run(target, environ)     # says why this Python cannot run (env.python)
+        results.append(result)
+        if report is None:
+            # it died before its probe was written (a torch that crashes on import): the probe
+            # on its own says what still can be said, from the metadata
+            return envprobe.run(target, environ)
+        return report, problem
+
+    facts = facts_mod.gather(root=root, environ=environ, env_target=env_target, fresh=fresh,
+                             env_probe=probe_and_chat)
+    return replace(facts, smoke=results[0] if results else None)
 
 
 # --------------------------------------------------------------------------- toolkit
@@ -142,9 +189,16 @@ def evaluate(facts: Facts, *, root: Path | None = None, environ: Mapping[str, st
                          fix_profile=fixp, root=root, os_id=facts.os_id)
         env_checks = check_env(facts.probe, info, rng, ctx=ctx, probe_error=facts.probe_error)
         if facts.origin != "paste":
-            # the probe's wall time (interpreter start included) says where verify's seconds go
-            env_checks[0] = replace(env_checks[0], data=dict(
-                env_checks[0].data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3)))
+            # the probe's wall time (interpreter start included) says where verify's seconds go;
+            # 0 when the env-probe cache answered (probe_cache says so, and when it was probed)
+            first = env_checks[0]
+            data = dict(first.data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3))
+            message = first.message
+            if facts.probe_cache is not None:
+                data["probe_cache"] = dict(facts.probe_cache)
+                if facts.probe_cache.get("hit") and first.status is Status.OK:
+                    message += f" (facts cached {facts.probe_cache.get('probed_at')}; --fresh probes again)"
+            env_checks[0] = replace(first, message=message, data=data)
         checks += env_checks
         if facts.target is not None:
             record = check_record(facts.record, facts.target.prefix, root)
@@ -154,16 +208,20 @@ def evaluate(facts: Facts, *, root: Path | None = None, environ: Mapping[str, st
 
 
 def run_checks(*, root: Path, environ: Mapping[str, str], env_target: str | None,
-               profile_name: str | None) -> list[Check]:
+               profile_name: str | None, fresh: bool = False) -> list[Check]:
     """Every verify check for this machine and environment (NVML and the env probe run as subprocesses)."""
-    facts = gather(root=root, environ=environ, env_target=env_target)
+    facts = gather(root=root, environ=environ, env_target=env_target, fresh=fresh)
     return evaluate(facts, root=root, environ=environ, profile_name=profile_name)
 
 
 def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str, str], model: str | None,
                  quant: str, prompt: str | None, max_new_tokens: int, trust_remote_code: bool,
                  stream_to: Any = None) -> list[Check]:
-    """The `--smoke-chat` checks (smoke.*): a real 4-bit chat in the environment, unless it cannot start."""
+    """The `--smoke-chat` checks (smoke.*): a real 4-bit chat in the environment, unless it cannot start.
+
+    The chat that gather(smoke=...) ran in the probe's process (facts.smoke) is judged; without
+    one, it runs now in a process of its own.
+    """
     from provisioner.model import smoke
 
     blocking = [c for c in checks if c.id in ("env.python", "env.torch") and c.status is Status.FAIL]
@@ -175,12 +233,14 @@ def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str,
     if problem:
         return [Check("smoke.load", Status.FAIL, problem,
                       "pass a folder holding config.json and the weights, or a hub id", {})]
-    kwargs: dict[str, Any] = {"quant": quant, "max_new_tokens": max_new_tokens,
-                              "trust_remote_code": trust_remote_code, "environ": environ,
-                              "stream_to": stream_to}
-    if prompt:
-        kwargs["prompt"] = prompt
-    result = smoke.run_smoke(facts.target.python, model, **kwargs)
+    result = facts.smoke
+    if result is None:
+        kwargs: dict[str, Any] = {"quant": quant, "max_new_tokens": max_new_tokens,
+                                  "trust_remote_code": trust_remote_code, "environ": environ,
+                                  "stream_to": stream_to}
+        if prompt:
+            kwargs["prompt"] = prompt
+        result = smoke.run_smoke(facts.target.python, model, **kwargs)
     gpus = _gpus(facts.info or gpu.DriverInfo("no-library"))
     free = gpus[0].memory_free if gpus else None
     return smoke.check_smoke(

@@ -1,15 +1,19 @@
 """A local stand-in for the Hugging Face hub on 127.0.0.1: the calls huggingface_hub makes to download.
 
 Why a fake: the hub cannot be reached from the tests, and a real hub cannot be told to fail on cue.
-It answers what huggingface_hub 2.4.0 asks (read from its hf_api.py / file_download.py):
+It answers what huggingface_hub 1.0 to 2.4 ask (read from their hf_api.py / file_download.py):
 - `GET /api/models/{repo}/revision/{rev}?blobs=true` (HfApi.model_info(files_metadata=True)): JSON with
   `sha` and `siblings` [{rfilename, size, blobId, lfs: {size, sha256, pointerSize}}].
-- `HEAD|GET /{repo}/resolve/{rev}/{file}` (get_hf_file_metadata, http_get): `X-Repo-Commit`, `ETag`
-  (git blob id, or the sha256 for LFS files), `X-Linked-Etag`/`X-Linked-Size` for LFS files,
-  `Content-Length`, and `Range: bytes=N-` answered 206 with `Content-Range`.
+- `HEAD|GET /{repo}/resolve/{rev}/{file}` (get_hf_file_metadata, hf_hub_download, the worker's ranged
+  GET): `X-Repo-Commit`, `ETag` (git blob id, or the sha256 for LFS files), `X-Linked-Etag`/`X-Linked-Size`
+  for LFS files, `Content-Length`, and `Range: bytes=N-` or `bytes=N-M` answered 206 with `Content-Range`.
+- HfApi.get_safetensors_metadata: HEAD `model.safetensors` (404 EntryNotFound in a sharded repo), else
+  HEAD + GET `model.safetensors.index.json`; then per file `GET` with `Range: bytes=0-100000` (the
+  end past the file's size is clamped, as HTTP says) and, for a longer header, `Range: bytes=8-N`.
 - errors the way hf_raise_for_status classifies them: `X-Error-Code: RepoNotFound | RevisionNotFound |
   EntryNotFound | GatedRepo` with `X-Error-Message`.
-Knobs: `missing` (404 repos), `gated` (repo -> 401/403 on file access), `drop_after` (close the
+Knobs: `missing` (404 repos), `gated` (repo -> 401/403 on file access), `ignore_range` (answer a
+Range request with the whole file, 200, as some proxies and CDNs do), `drop_after` (close the
 connection after N body bytes, once per file), `stall_after` (send N bytes, then wait for `release()`,
 bounded, then close), `redirect_lfs_to` (answer LFS files with a 302 to another base URL, as a CDN).
 Every request is logged in `requests`. Threads are daemons; waits have timeouts; `stop()` ends all.
@@ -143,6 +147,25 @@ def tiny_repo(repo_id: str = "acme/tiny-qwen2", **kw: Any) -> Repo:
     return Repo(repo_id, files, **kw)
 
 
+def sharded_repo(repo_id: str = "acme/tiny-qwen2-sharded", shards: int = 2, **kw: Any) -> Repo:
+    """tiny_repo's model saved the way save_pretrained shards it: `model-0000i-of-0000n.safetensors`
+    plus `model.safetensors.index.json` (metadata.total_size and the tensor -> file weight_map)."""
+    tensors = list(tiny_tensors().items())
+    files = {k: v for k, v in tiny_repo(repo_id).files.items() if k != "model.safetensors"}
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = dict(tensors[i::shards])
+        data = safetensors_bytes(part, seed=i)
+        files[name] = data
+        total += len(data)
+        weight_map.update({t: name for t in part})
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+    return Repo(repo_id, files, **kw)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -260,10 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         start, status = 0, 200
         rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes=") and not head:
+        if rng and rng.startswith("bytes=") and not head and not srv.ignore_range:
             first, _, last = rng[len("bytes="):].partition("-")
             start = int(first)
-            end = int(last) if last else len(data) - 1
+            end = min(int(last), len(data) - 1) if last else len(data) - 1
             if start >= len(data):
                 self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"", head)
                 return
@@ -310,6 +333,7 @@ class HubServer:
         self.repos = {r.repo_id: r for r in repos}
         self.missing: set[str] = set()
         self.drop_after: dict[str, int] = {}
+        self.ignore_range = False
         self.stall_after: dict[str, int] = {}
         self.redirect_lfs_to: str | None = None
         self.requests: list[tuple[str, str, str | None]] = []

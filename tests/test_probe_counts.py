@@ -58,3 +58,14 @@ def test_report_reads_the_machine_once(tmp_path: Path, bare_env_python: Path, fa
     doc = json.loads(done.stdout)
     assert "release 12.6" in doc["cuda"]["nvcc_version"]          # the link's nvcc output, from that one run
     assert _counts(log) == (["cuda-12.6", "cuda-12.8"], 1)
+
+
+def test_verify_reads_the_machine_once(tmp_path: Path, bare_env_python: Path, fake_machine: MachineFactory) -> None:
+    root, environ, log = _counting(tmp_path, {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+                                   fake_machine)
+    done = run_provision(["--root", str(root), "--json", "verify", "--env", str(bare_env_python.parent.parent)],
+                         environ)
+    assert done.returncode == 1, done.stderr                      # no torch in the bare env
+    checks = {c["id"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["cuda.link"]["status"] == "ok"
+    assert _counts(log) == (["cuda-12.6", "cuda-12.8"], 1)

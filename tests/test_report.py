@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from provisioner import report
 from provisioner.report import Check, Status
 
@@ -35,3 +37,30 @@ def test_table_puts_the_fix_under_the_finding_and_counts() -> None:
     assert cont.index("second line") == finding_col                  # wrapped under its own column
     assert any(line.strip() == "fix: pip install torch" for line in lines)
     assert lines[-1] == "FAILED: 1 ok, 1 warning(s), 1 failed, 1 skipped"
+
+
+def test_columns_align_on_the_longest_cell_and_lines_wrap_under_their_column() -> None:
+    rows = [["a", "x" * 40, "short"], ["a-much-longer-first-cell", "y", "two\nlines"]]
+    lines = report.table(rows, ["one", "two", "three"]).splitlines()
+    assert lines == ["one                       two                                       three",
+                     "------------------------  ----------------------------------------  --------",
+                     "a                         " + "x" * 40 + "  short",
+                     "a-much-longer-first-cell  y                                         two",
+                     "                                                                    lines"]
+
+
+def test_plain_text_ignores_the_terminal_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "20")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    text = report.render_checks(CHECKS)
+    assert "\x1b" not in text                                   # a string is for a pipe or a file
+    assert "fix: provision cuda switch 12.6" in text.splitlines()[4]   # and never wraps
+
+
+def test_cells_mask_url_credentials() -> None:
+    checks = [Check("env.index", Status.WARN, "index https://user:secret@pypi.example/simple",
+                    "pip config set global.index-url https://user:secret@pypi.example/simple")]
+    text = report.render_checks(checks)
+    assert "secret" not in text and "https://***@pypi.example/simple" in text
+    assert "secret" not in report.table([["https://u:secret@h.example/x"]], ["url"])

@@ -6,9 +6,10 @@ from pathlib import Path
 import click
 
 from provisioner import cuda
+from provisioner.cli import ui
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
 from provisioner.cuda import install as cuda_install
-from provisioner.report import Status, exit_code, render_checks, table, to_document
+from provisioner.report import Status, check_table, exit_code, rich_table, summary, to_document
 from provisioner.versions import CudaVersion
 
 
@@ -33,7 +34,7 @@ def cuda_list(app: App) -> None:
         mark = "*" if current is not None and cuda.resolve_under(app.root, t.system_path) == current else ""
         rows.append([mark, t.name, str(t.version) if t.version else "?", t.version_source or "-", t.condition])
     if rows:
-        app.echo(table(rows, ["", "toolkit", "version", "from", "complete"]))
+        ui.show(app, rich_table(rows, ["", "toolkit", "version", "from", "complete"]))
     else:
         app.echo(f"no toolkits under {cuda.LOCAL}/cuda-*")
     app.echo(link.describe() + ("  (* above)" if current is not None and any(r[0] for r in rows) else ""))
@@ -51,14 +52,15 @@ def cuda_current(app: App) -> None:
         app.emit_json(to_document(checks, link=link.to_dict()))
     else:
         app.echo(f"link:    {link.describe()}")
+        if link.managed_by:
+            app.echo(f"managed: by {link.managed_by} (`cuda switch` and `cuda rollback` go through it)")
         tk = link.toolkit if link.state == "ok" else None
         if tk is not None:
             how = "reported by its nvcc" if tk.version_source == "nvcc" else f"from {tk.version_source}"
             app.echo(f"toolkit: {tk.label}, {how}")
         nvcc = checks[1].data.get("nvcc")
         app.echo(f"nvcc:    {nvcc or 'none on PATH'}")
-        app.echo("")
-        app.echo(render_checks(checks))
+        ui.show(app, "", check_table(checks), "", summary(checks))
     if exit_code(checks):
         click.get_current_context().exit(exit_code(checks))
 
@@ -74,6 +76,9 @@ def _after_switch(app: App, plan: cuda.SwitchPlan, dry_run: bool) -> None:
     elif plan.unchanged:
         app.echo(f"{cuda.LINK} already points at {plan.toolkit.system_path}; "
                  f"its nvcc reports CUDA {tk.version if tk else plan.version}")
+    elif plan.via is not None:
+        app.echo(f"{cuda.LINK} -> {after.chain} (was {plan.current.target_system or 'dangling'}; "
+                 f"switched by update-alternatives); its nvcc reports CUDA {tk.version if tk else plan.version}")
     else:
         app.echo(f"{cuda.LINK} -> {after.raw_target} (was {plan.current.raw_target or 'missing'}); "
                  f"its nvcc reports CUDA {tk.version if tk else plan.version}")
@@ -152,7 +157,8 @@ def cuda_install_cmd(app: App, version: str, prefix: Path | None, wheel_cache: P
     if dry_run:
         app.show_plan(plan)
         return
-    toolkit = cuda_install.apply_install(plan, progress=app.info)
+    with ui.activity(app) as say:
+        toolkit = cuda_install.apply_install(plan, progress=say)
     if app.json:
         app.emit_json({"version": 1, "dry_run": False, **plan.to_dict(), "toolkit": toolkit.to_dict()})
         return

@@ -1,19 +1,21 @@
 """`provision env` commands (Click layer only): create, list, export, remove."""
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ContextManager
 
 import click
 
+from provisioner.cli import ui
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
 
 #: Kept in step with provisioner.env (not imported here: `provision --help` stays light).
 BACKENDS = ("auto", "conda", "mamba", "micromamba", "venv")
 INSTALLERS = ("auto", "pip", "uv")
+#: `env list` colours a status in a terminal (the word stays: NO_COLOR and pipes get it plain).
+STATUS_STYLES = {"complete": "green", "building": "yellow", "in progress": "yellow", "broken": "red",
+                 "missing": "red"}
 
 
 @click.group("env")
@@ -23,18 +25,7 @@ def env_group() -> None:
 
 def _spinner(app: App) -> Callable[[str], ContextManager[Any]] | None:
     """A rich spinner per long step when stderr is a terminal; plain progress lines otherwise."""
-    if app.json or not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-
-    console = Console(stderr=True, no_color="NO_COLOR" in app.environ)
-
-    @contextlib.contextmanager
-    def status(title: str) -> Iterator[None]:
-        with console.status(f"{title} ..."):
-            yield
-
-    return status
+    return ui.spinners(app)
 
 
 @env_group.command("create")
@@ -121,8 +112,12 @@ def env_list(app: App) -> None:
     if not envs:
         app.echo("No environments yet; create one with `provision env create`.")
         return
-    rows = [[e.name, e.profile or "?", e.torch or "?", e.status, str(e.prefix)] for e in envs]
-    app.echo(report.table(rows, ["NAME", "PROFILE", "TORCH", "STATUS", "PREFIX"]))
+    from rich.text import Text
+
+    rows: list[list[str | Text]] = [
+        [e.name, e.profile or "?", e.torch or "?", Text(e.status, style=STATUS_STYLES.get(e.status, "")), str(e.prefix)]
+        for e in envs]
+    ui.show(app, report.rich_table(rows, ["NAME", "PROFILE", "TORCH", "STATUS", "PREFIX"]))
 
 
 @env_group.command("remove")
@@ -153,7 +148,9 @@ def env_remove(app: App, target: str, dry_run: bool) -> None:
 def env_export(app: App, target: str | None, prefix: Path | None, output: Path | None) -> None:
     """Print (or write) an environment's lock: profile, machine facts, exact versions, indexes.
 
-    The lock is JSON already; with --json and --output, stdout gets {"version", "output", "lock"}.
+    With --output FILE its pylock.toml (every wheel's URL and sha256) is written beside FILE as
+    pylock.NAME.toml; `env create --from-lock FILE` installs from it. The lock is JSON already; with --json and
+    --output, stdout gets {"version", "output", "lock", "pylock"}.
     """
     import json
 
@@ -166,16 +163,17 @@ def env_export(app: App, target: str | None, prefix: Path | None, output: Path |
                          hint="e.g. `provision env export llm` or `provision env export --prefix PATH`")
     path, doc = envmod.export_lock(str(prefix.absolute()) if prefix else target, app.environ)
     if output is None:
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(lockmod.exported(doc, path.parent), indent=2))
         return
     try:
-        lockmod.write_json(output, doc)
+        written = lockmod.export_to(doc, path.parent, output)
     except OSError as e:
         raise ProvisionError(f"cannot write {output}: {e.strerror or e}",
                              hint="choose a writable path for --output") from None
-    app.info(f"wrote {output} (from {path})")
+    app.info(f"wrote {' and '.join(str(w) for w in written)} (from {path})")
     if app.json:
-        app.emit_json({"version": 1, "output": str(output), "lock": str(path)})
+        app.emit_json({"version": 1, "output": str(output), "lock": str(path),
+                       "pylock": str(written[1]) if len(written) > 1 else None})
 
 
 COMMANDS: list[click.Command] = [env_group]

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from provisioner.cli import ui
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import UsageError
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from provisioner.explain import Explanation
 
 #: Larger inputs are cut: an issue body or a report is far smaller, and the parsers stay linear.
@@ -50,24 +53,28 @@ def explain_cmd(app: App, files: tuple[str, ...]) -> None:
     if app.json:
         app.emit_json(result.to_dict())
     else:
-        app.echo(render(result))
+        ui.show(app, *render(result))
     if result.exit_code:
         raise SystemExit(result.exit_code)
 
 
-def render(result: Explanation) -> str:
-    from provisioner.report import render_checks, table
+def render(result: Explanation) -> list[RenderableType]:
+    """Lines and tables (indented by two spaces) for ui.show."""
+    from rich.padding import Padding
 
-    out: list[str] = []
+    from provisioner.report import check_table, rich_table, summary
+
+    def indented(part: RenderableType) -> Padding:
+        return Padding(part, (0, 0, 0, 2), expand=False)
+
+    out: list[RenderableType] = []
     if result.readings:
         out.append("Facts read:")
         rows = [[r.fact, _value(r.value), f"{r.where()}  {r.text[:90]}"] for r in result.readings]
-        out += ["  " + line for line in table(rows, ["fact", "value", "from"]).splitlines()]
-        out.append("")
+        out += [indented(rich_table(rows, ["fact", "value", "from"])), ""]
     if result.checks:
         out.append("Checks (as provision verify runs them, on these facts):")
-        out += ["  " + line for line in render_checks(result.checks).splitlines()]
-        out.append("")
+        out += [indented(check_table(result.checks)), "", indented(summary(result.checks)), ""]
     if result.causes:
         out.append("Recognised errors:")
         for c in result.causes:
@@ -89,7 +96,7 @@ def render(result: Explanation) -> str:
         out.append("")
     verdict = {0: "nothing wrong found", 1: "problems found", 2: "nothing readable"}[result.exit_code]
     out.append(f"Verdict: {verdict}")
-    return "\n".join(out)
+    return out
 
 
 def _value(v: object) -> str:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import click
 
+from provisioner.cli import ui
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
 from provisioner.model import download, fit
 from provisioner.model import info as modelinfo
-from provisioner.report import table
+from provisioner.report import rich_table
 from provisioner.units import gib
 
 
@@ -28,7 +29,7 @@ def model_group() -> None:
               help="Free GPU memory to fit into; auto asks NVML for the GPU's free memory.")
 @click.option("--quant", type=click.Choice(fit.QUANT_CHOICES), default="auto", show_default=True,
               help="Precision to check (nf4 also reports double quantization); auto checks all.")
-@click.option("--revision", default=None, help="Hub revision whose config.json to read (hub ids only).")
+@click.option("--revision", default=None, help="Hub revision to read (hub ids only).")
 @json_option
 @pass_app
 def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory: str, quant: str,
@@ -36,7 +37,8 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
     """Memory MODEL needs per precision, against the GPU's free memory.
 
     MODEL is a local folder (exact counts from its safetensors headers), a hub id (the downloaded
-    snapshot, else its config.json), or a built-in Qwen name such as qwen2.5-7b-instruct or
+    snapshot, else the safetensors headers on the hub, read without the weights; config.json
+    arithmetic when there are none), or a built-in Qwen name such as qwen2.5-7b-instruct or
     Qwen/Qwen3-8B (Qwen1.5, Qwen2.5, Qwen3; works offline). Exits 1 when nothing fits.
     """
     spec = modelinfo.resolve(model, environ=app.environ, revision=revision)
@@ -47,8 +49,10 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
     if app.json:
         app.emit_json(report.to_document())
     else:
-        source = {"safetensors": f"exact, from the safetensors headers in {spec.path}",
-                  "config": "from config.json" + (f" in {spec.path}" if spec.path else ""),
+        where = f"in {spec.path}" if spec.path else ""
+        source = {"safetensors": f"{spec.params_source}, exact, {spec.source_note or where}",
+                  "config": f"{spec.params_source} from config.json" + (f" {where}" if where else "")
+                  + (f"; {spec.source_note}" if spec.source_note else ""),
                   "table": "built-in table of config values"}[spec.source]
         app.echo(f"{spec.name}: {spec.params / 1e9:.2f} B parameters ({source})")
         app.echo(f"  {spec.layers} layers, {spec.heads} heads, {spec.kv_heads} KV heads x {spec.head_dim}: "
@@ -61,7 +65,7 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
             longest = "-" if o.max_context is None else str(o.max_context)
             rows.append([o.quant, gib(o.weights_bytes), gib(o.kv_cache_bytes), gib(o.overhead_bytes),
                          gib(o.total_bytes), fits, longest])
-        app.echo(table(rows, ["precision", "weights", "KV cache", "overhead", "total", "fits", "max context"]))
+        ui.show(app, rich_table(rows, ["precision", "weights", "KV cache", "overhead", "total", "fits", "max context"]))
         app.echo("")
         if report.recommended is not None:
             r = report.recommended

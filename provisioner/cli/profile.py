@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from provisioner import profiles
+from provisioner.cli import ui
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import ProfileError
 from provisioner.profiles import InvalidProfile, Profile, cc_str
-from provisioner.report import table
+from provisioner.report import rich_table
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @click.group("profile")
@@ -43,7 +47,7 @@ def profile_list(app: App) -> None:
     rows = [[p.name, str(p.cuda) if p.cuda else "-", str(p.torch), p.python,
              str(p.driver_min) if p.driver_min else "-", _origin(p, app), _archs(p)]
             for p in found.values()]
-    app.echo(table(rows, ["name", "cuda", "torch", "python", "min driver", "from", "archs"]))
+    ui.show(app, rich_table(rows, ["name", "cuda", "torch", "python", "min driver", "from", "archs"]))
 
 
 @profile_group.command("show")
@@ -59,33 +63,28 @@ def profile_show(app: App, name: str) -> None:
     if app.json:
         app.emit_json(dict(p.to_dict(), origin=_origin(p, app)))
         return
-    app.echo(_render(p, _origin(p, app)))
+    ui.show(app, *_render(p, _origin(p, app)))
 
 
-def _render(p: Profile, origin: str) -> str:
-    fields: list[tuple[str, str]] = [
-        ("name", p.name),
-        ("description", p.description or "-"),
-        ("file", f"{p.path} ({origin})"),
-        ("cuda", str(p.cuda) if p.cuda else "- (CPU build)"),
-        ("python", p.python),
-        ("torch", f"{p.torch} ({p.variant})"),
-        ("index url", p.torch_index_url),
-        ("torchvision", str(p.torchvision) if p.torchvision else "-"),
-        ("torchaudio", str(p.torchaudio) if p.torchaudio else "-"),
-        ("packages", " ".join(p.package_requirements()) or "-"),
-        ("min driver", str(p.driver_min) if p.driver_min else "-"),
-        ("archs", _archs(p)),
-    ]
-    width = max(len(k) for k, _ in fields)
-    lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
+def _render(p: Profile, origin: str) -> list[Table | str]:
+    """Its facts as two aligned columns, then where each came from."""
     commands = [shlex.join(c) for c in p.install_commands()]
-    lines.append(f"{'install'.ljust(width)}  {commands[0]}")
-    lines.extend(f"{''.ljust(width)}  {c}" for c in commands[1:])
-    lines.append("")
-    lines.append("sources:")
-    lines.extend(f"  {key}: {text}" for key, text in p.sources.items())
-    return "\n".join(lines)
+    fields: list[list[str]] = [
+        ["name", p.name],
+        ["description", p.description or "-"],
+        ["file", f"{p.path} ({origin})"],
+        ["cuda", str(p.cuda) if p.cuda else "- (CPU build)"],
+        ["python", p.python],
+        ["torch", f"{p.torch} ({p.variant})"],
+        ["index url", p.torch_index_url],
+        ["torchvision", str(p.torchvision) if p.torchvision else "-"],
+        ["torchaudio", str(p.torchaudio) if p.torchaudio else "-"],
+        ["packages", " ".join(p.package_requirements()) or "-"],
+        ["min driver", str(p.driver_min) if p.driver_min else "-"],
+        ["archs", _archs(p)],
+        ["install", "\n".join(commands)],
+    ]
+    return [rich_table(fields), "", "sources:", *(f"  {key}: {text}" for key, text in p.sources.items())]
 
 
 @profile_group.command("validate")

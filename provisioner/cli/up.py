@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from provisioner.cli import ui
 from provisioner.cli.app import App, json_option, pass_app
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.units import gib
 
 if TYPE_CHECKING:
+    from rich.padding import Padding
+    from rich.text import Text
+
     from provisioner.up import UpSummary
 
 STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "done?", "skipped": "skipped",
@@ -21,7 +25,8 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 
 @click.command("up")
 @click.option("--model", default=None, envvar="PROVISION_MODEL", show_envvar=True,
-              help="Local folder, hub id or built-in name (default: a current Qwen chat model).")
+              help="Local folder, hub id or built-in name (default: the largest current Qwen chat model "
+                   "that fits the free GPU memory at 4k context; the smallest without a GPU).")
 @click.option("--profile", default="auto", envvar="PROVISION_PROFILE", show_envvar=True,
               help="Profile name, or auto to choose from this machine.")
 @click.option("--cuda", default=None, help="Pick the profile of this CUDA version (12.6, cu126).")
@@ -40,7 +45,8 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 @click.option("--endpoint", default=None, help="Hub endpoint (a mirror URL); HF_ENDPOINT is honoured.")
 @click.option("--mirror", default=None, help="A known hub mirror by name (e.g. hf-mirror).")
 @click.option("--local-dir", type=click.Path(path_type=Path), default=None, help="Download the model here.")
-@click.option("--gpu-memory", default=None, help="GiB the model may use, or auto (free memory from NVML).")
+@click.option("--gpu-memory", default=None,
+              help="GiB the model may use (the default model is chosen for it), or auto (free memory from NVML).")
 @click.option("--prompt", default=None, help="Smoke-test prompt.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before large downloads or root changes.")
@@ -58,6 +64,8 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
     Each stage is recorded; a rerun after a failure or Ctrl-C resumes at the first stage not done,
     and a run on a finished machine only re-checks.
     """
+    from rich.text import Text
+
     from provisioner import up
 
     if name and prefix:
@@ -66,10 +74,6 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
     _check_profile_name(profile, app.environ)
     _check_arguments(model, gpu_memory, app)
-    if model is None:
-        from provisioner.model import smoke
-
-        model = smoke.DEFAULT_MODEL
     opts = up.UpOptions(model=model, profile=profile, cuda=cuda, name=name, prefix=prefix, quant=quant,
                         context=context, backend=backend, python=python_version, torch=torch_version,
                         index_url=index_url, extra_index_url=extra_index_url, find_links=find_links,
@@ -79,19 +83,22 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
     confirm = _confirmer(sys.stdin is not None and sys.stdin.isatty())
     runner = up.Up(opts, root=app.root, environ=app.environ, say=app.info, confirm=confirm)
     plan = runner.plan()
-    app.info("Plan:")
-    for row in plan:
-        app.info(f"  {STATUS_WORDS.get(row.status, row.status):>8}  {row.name:<9} {row.message}")
+    chosen = runner.choose_model()
+    for line in chosen.describe():
+        app.info(line)
+    ui.show(app, "Plan:", _indented([[Text(STATUS_WORDS.get(r.status, r.status), justify="right"), r.name, r.message]
+                                     for r in plan]), err=True)
     if dry_run:
         if app.json:
-            app.emit_json({"version": 1, "dry_run": True, "plan": [r.to_dict() for r in plan]})
+            app.emit_json({"version": 1, "dry_run": True, "model": chosen.to_dict(),
+                           "plan": [r.to_dict() for r in plan]})
         return
     try:
         result = runner.run()
     except ProvisionError as e:
         if app.json:
             # Still one document on stdout: the stages so far, the failed one last.
-            app.emit_json({"version": 1, "ok": False, "did_work": runner.did_work,
+            app.emit_json({"version": 1, "ok": False, "did_work": runner.did_work, "model": chosen.to_dict(),
                            "stages": [s.to_dict() for s in runner.outcomes], "summary": None,
                            "chat_command": None, "error": {"message": e.message, "hint": e.hint}})
         raise
@@ -108,11 +115,18 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
             ("first token", f"{s.time_to_first_token_s:.2f} s" if s.time_to_first_token_s is not None else "?"),
             ("speed", f"{s.tokens_per_s:.1f} tokens/s" if s.tokens_per_s is not None else "?"),
             ("reply", repr(s.reply))]
-    app.echo("Summary:")
-    for key, value in rows:
-        app.echo(f"  {key:<12} {value}")
+    ui.show(app, "Summary:", _indented([[key, str(value)] for key, value in rows]))
     if result.chat_command:
         app.echo(f"\nStart chatting:\n  {result.chat_command}")
+
+
+def _indented(rows: Sequence[Sequence[str | Text]]) -> Padding:
+    """Aligned columns without headers, two spaces in."""
+    from rich.padding import Padding
+
+    from provisioner.report import rich_table
+
+    return Padding(rich_table(rows), (0, 0, 0, 2), expand=False)
 
 
 def _check_profile_name(profile: str, environ: Mapping[str, str]) -> None:

@@ -1,10 +1,12 @@
 """`provision verify` (alias `provision doctor`): checks as a table or one JSON document (Click layer only)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
 
+from provisioner.cli import ui
 from provisioner.cli.app import App, json_option, pass_app
 
 QUANTS = ("nf4", "int8", "none")
@@ -26,22 +28,29 @@ QUANTS = ("nf4", "int8", "none")
               help="Smoke-chat reply length.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let the smoke-chat model run code from its repository (off by default).")
+@click.option("--fresh", is_flag=True, envvar="PROVISION_FRESH", show_envvar=True,
+              help="Probe the environment again even when its cached facts still match.")
 @json_option
 @pass_app
 def verify_cmd(app: App, env_target: str | None, profile_name: str | None, smoke_chat: bool,
                model: str | None, quant: str, prompt: str | None, max_new_tokens: int,
-               trust_remote_code: bool) -> None:
+               trust_remote_code: bool, fresh: bool) -> None:
     """Check driver, GPUs, CUDA toolkit, the environment's torch wheel and bitsandbytes.
 
     Each problem comes with the command that fixes it. Exit 0 when no check failed, 1 otherwise.
     """
     from provisioner import report, verify
 
-    facts = verify.gather(root=app.root, environ=app.environ, env_target=env_target)
-    checks = verify.evaluate(facts, root=app.root, environ=app.environ, profile_name=profile_name)
+    smoke = (verify.SmokeRequest(model, quant, prompt, max_new_tokens, trust_remote_code,
+                                 stream_to=None if app.json else sys.stderr) if smoke_chat else None)
+    if smoke_chat and trust_remote_code:
+        app.info("warning: --trust-remote-code runs Python code from the model's repository")
+    # with --smoke-chat the env's process streams the reply to the terminal itself: no spinner over it
+    with ui.spinner(app, "checking the driver, GPUs, toolkit and environment") if smoke is None \
+            else contextlib.nullcontext():
+        facts = verify.gather(root=app.root, environ=app.environ, env_target=env_target, fresh=fresh, smoke=smoke)
+        checks = verify.evaluate(facts, root=app.root, environ=app.environ, profile_name=profile_name)
     if smoke_chat:
-        if trust_remote_code:
-            app.info("warning: --trust-remote-code runs Python code from the model's repository")
         checks += verify.smoke_checks(facts, checks, environ=app.environ, model=model, quant=quant,
                                       prompt=prompt, max_new_tokens=max_new_tokens,
                                       trust_remote_code=trust_remote_code,
@@ -49,7 +58,7 @@ def verify_cmd(app: App, env_target: str | None, profile_name: str | None, smoke
     if app.json:
         app.emit_json(report.to_document(checks))
     else:
-        app.echo(report.render_checks(checks))
+        ui.show(app, report.check_table(checks), "", report.summary(checks))
     code = report.exit_code(checks)
     if code:
         raise SystemExit(code)

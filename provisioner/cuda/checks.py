@@ -148,11 +148,15 @@ def judge_link(cf: CudaFacts, root: Path = Path("/")) -> Check:
     if state.state == "dangling":
         return Check("cuda.link", Status.FAIL,
                      f"{LINK} -> {state.raw_target} is dangling: "
-                     f"{state.target_system or 'a link loop'} is not a directory",
+                     f"{state.target_system or 'a link loop'} is not a directory"
+                     + (f" (update-alternatives '{state.alternative}' points there)" if state.alternative else ""),
                      switch_fix, data)
     tk = state.toolkit
     assert tk is not None
     where = f"{LINK} -> {state.raw_target}"
+    if state.alternative is not None:   # /etc/alternatives/cuda: a working link, and where it leads
+        data["managed_by"] = "update-alternatives"
+        where = f"{LINK} -> {state.chain}"
     if not tk.complete:
         fix = (switch_fix if newest is not None
                else "reinstall that toolkit, or " + command_line(root, "cuda install 13.0"))
@@ -162,7 +166,8 @@ def judge_link(cf: CudaFacts, root: Path = Path("/")) -> Check:
         return Check("cuda.link", Status.FAIL,
                      f"{where}: its bin/nvcc does not report a version ({tk.nvcc_error})",
                      "reinstall that toolkit, or " + switch_fix, data)
-    return Check("cuda.link", Status.OK, f"{where} (CUDA {tk.version}, reported by its nvcc)",
+    managed = f"; managed by {state.managed_by}" if state.managed_by else ""
+    return Check("cuda.link", Status.OK, f"{where} (CUDA {tk.version}, reported by its nvcc{managed})",
                  None, data)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner import fsio
 from provisioner.errors import PermissionDenied, ProvisionError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -165,12 +166,5 @@ def _write_shell_init(plan: ShellInitPlan) -> Path | None:
             backup = target.with_name(f"{target.name}.provision-backup-{stamp}-{n}")
         backup.write_text(plan.old_text)
     mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
-    tmp = target.with_name(f".{target.name}.provision-tmp-{os.getpid()}")
-    try:
-        tmp.write_text(plan.new_text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    finally:
-        if os.path.lexists(tmp):
-            tmp.unlink()
+    fsio.atomic_write(target, plan.new_text, mode=mode)
     return backup

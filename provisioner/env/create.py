@@ -4,22 +4,26 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
+from provisioner import fsio
 from provisioner.env import lock as lockmod
+from provisioner.env import pylock as pylockmod
 from provisioner.errors import CommandError, ProvisionError
 
 if TYPE_CHECKING:
     from provisioner.env.choose import MachineFacts
     from provisioner.report import Check
 from provisioner.env.backends import Progress, StatusFactory, Step, run_step, step_environ
-from provisioner.env.plan import CreateOptions, CreatePlan, plan_create
-from provisioner.env.record import RECORD_VERSION, build_lock_path, flock, now, read_record, update_registry, write_record
+from provisioner.env.plan import PIP_HASHES, CreateOptions, CreatePlan, plan_create
+from provisioner.env.record import RECORD_VERSION, build_lock_path, now, read_record, update_registry, write_record
 from provisioner.env.sources import as_list
+from provisioner.fsio import locked
 
 TORCH_FAMILY = lockmod.TORCH_FAMILY
 
@@ -66,7 +70,7 @@ def apply_create(plan: CreatePlan, *, environ: Mapping[str, str], progress: Prog
         return EnvResult(prefix, plan.python, plan.profile.name, "up-to-date",
                          lock_path if lock_path.exists() else None, time.monotonic() - start, plan)
 
-    with flock(build_lock_path(prefix, environ), blocking=False) as got:
+    with locked(build_lock_path(prefix, environ), blocking=False) as got:
         if not got:
             raise ProvisionError(f"{prefix} is being built right now by another `provision env create`",
                                  hint="wait for it to finish, then run this again")
@@ -113,15 +117,18 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
                 write_record(prefix, record)
             elif step.key in ("torch", "packages"):
                 run_step(step, env, status)
+            elif step.key == "pylock":
+                _install_pylock(plan, step, env, status)
             elif step.key == "verify":
                 checks = _verify(plan, env, status)
             elif step.key == "record":
                 found = lockmod.installed(plan.python, env)
+                pylock = _write_pylock(plan, found, env, status, say)
                 doc = lockmod.build(
                     profile=plan.profile, torch_requirements=plan.torch_requirements, found=found,
                     facts=plan.facts, backend=plan.backend, installer=plan.installer, prefix=prefix,
                     torch_index_url=plan.torch_index_url, index_url=plan.index_url,
-                    extra_index_urls=plan.extra_index_urls, find_links=plan.find_links)
+                    extra_index_urls=plan.extra_index_urls, find_links=plan.find_links, pylock=pylock)
                 lock_path = lockmod.write(prefix, doc)
                 record.update(status="complete", completed=now(), python_version=found.python,
                               torch_installed=found.version("torch"), pid=None)
@@ -141,6 +148,74 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
                      time.monotonic() - start, plan, checks)
 
 
+def _install_pylock(plan: CreatePlan, step: Step, env: Mapping[str, str], status: StatusFactory | None) -> None:
+    """Install the lock's pylock.toml; for pip, through the hash-checking file written just for it."""
+    lock = lockmod.read(plan.from_lock) if plan.from_lock else None
+    if not lock or lock.pylock is None:
+        raise ProvisionError("the plan installs from a pylock.toml, but the lock names none",
+                             hint="export the lock again with `provision env export --output FILE`")
+    if plan.installer == "uv":
+        run_step(step, env, status)
+        return
+    reqs = plan.prefix / PIP_HASHES
+    reqs.write_text(pylockmod.hashed_requirements(pylockmod.read(lock.pylock)))
+    try:
+        run_step(step, env, status)
+    finally:
+        reqs.unlink(missing_ok=True)
+
+
+def _write_pylock(plan: CreatePlan, found: lockmod.Installed, env: Mapping[str, str],
+                  status: StatusFactory | None, say: Progress) -> dict[str, Any]:
+    """pylock.toml in the prefix: copied from the lock it was built from, else compiled by uv from
+    the installed versions through the sources that installed them. Never fails the build: an
+    environment that passed its checks is complete; the lock says why it has no pylock."""
+    target = plan.prefix / pylockmod.PYLOCK_NAME
+    lock = lockmod.read(plan.from_lock) if plan.from_lock else None
+    try:
+        if lock is not None and lock.pylock is not None:
+            fsio.atomic_write(target, lock.pylock.read_bytes(), mode=0o644)
+        else:
+            _compile_pylock(plan, found, target, env, status)
+    except (ProvisionError, OSError) as e:
+        target.unlink(missing_ok=True)
+        why = e.message if isinstance(e, ProvisionError) else str(e)
+        say(f"warning: no {pylockmod.PYLOCK_NAME} written ({why.splitlines()[0]}); "
+            f"{lockmod.LOCK_NAME} still records every version")
+        return {"file": None, "error": why.splitlines()[0]}
+    return {"file": pylockmod.PYLOCK_NAME, "sha256": pylockmod.sha256_file(target)}
+
+
+def _compile_pylock(plan: CreatePlan, found: lockmod.Installed, target: Path, env: Mapping[str, str],
+                    status: StatusFactory | None) -> None:
+    from provisioner.env.backends import which
+    from provisioner.env.sources import source_args
+
+    uv = which("uv", env)
+    if uv is None:
+        raise ProvisionError("uv is not on PATH (it writes pylock.toml)", hint="install uv")
+    sources: list[str] = ["--index-url", plan.index_url] if plan.index_url else []
+    torch_step = next((s for s in plan.steps if s.key == "torch"), None)
+    extra = list(plan.extra_index_urls)
+    if torch_step is not None and "--torch-backend" in torch_step.argv:
+        sources += ["--torch-backend", torch_step.argv[torch_step.argv.index("--torch-backend") + 1]]
+    elif plan.torch_source == "index":
+        extra.insert(0, plan.torch_index_url)
+    links = list(dict.fromkeys([*plan.find_links, *(str(p.parent) for p in plan.local_wheels.values())]))
+    sources += source_args(extra, links, True, env)
+    pins = "".join(f"{name}=={version}\n" for name, version in found.packages.items())
+    fd, tmp = tempfile.mkstemp(prefix=".provision-pins.", suffix=".txt", dir=plan.prefix)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(pins)
+        step = Step("pylock", f"write {pylockmod.PYLOCK_NAME}",
+                    tuple(pylockmod.compile_argv(uv, pins=Path(tmp), output=target, python=plan.python,
+                                                 sources=sources)), pylockmod.COMPILE_TIMEOUT)
+        run_step(step, env, status)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def _short_error(step: Step, e: ProvisionError) -> str:
     """One line for the record: the step and the last thing the failing tool said."""
     detail = e.message
@@ -151,6 +226,12 @@ def _short_error(step: Step, e: ProvisionError) -> str:
 
 
 def _step_error(step: Step, e: ProvisionError, plan: CreatePlan) -> ProvisionError:
+    if step.key == "pylock" and isinstance(e, CommandError):
+        return ProvisionError(
+            f"installing from the lock's pylock.toml failed; {plan.prefix} is left half-built\n{e.message}",
+            hint="a hash mismatch means a wheel differs from the one locked (a changed mirror or a tampered "
+                 "file); an unreachable URL means the wheels must be fetched where the lock says. Re-run with "
+                 "--force once fixed")
     if step.key in ("torch", "packages") and isinstance(e, CommandError):
         where = (f"{plan.torch_index_url}" if step.key == "torch" and plan.torch_source == "index"
                  else "the configured indexes")

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from provisioner import proc, redact
+from provisioner import fsio, proc, redact
+from provisioner.env import pylock as pylockmod
 from provisioner.errors import ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 
@@ -128,6 +128,8 @@ class Lock:
     machine: Mapping[str, Any] = field(hash=False, default_factory=dict)
     backend: str | None = None
     created: str | None = None
+    pylock: Path | None = None            # pylock.toml beside it: every wheel's URL and hashes
+    pylock_sha256: str = ""
 
     def requirements(self) -> list[str]:
         """`name==version` for every non-torch distribution, sorted."""
@@ -195,8 +197,9 @@ def _clean_url(url: str) -> str:
 def build(*, profile: Profile, torch_requirements: Sequence[str], found: Installed,
           facts: MachineFacts, backend: str, installer: str, prefix: Path,
           torch_index_url: str, index_url: str | None, extra_index_urls: Sequence[str],
-          find_links: Sequence[str]) -> dict[str, Any]:
-    """The lock document for an environment that just passed its checks."""
+          find_links: Sequence[str], pylock: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The lock document for an environment that just passed its checks; `pylock` names the
+    pylock.toml written beside it ({"file", "sha256"}), or says why there is none ({"error"})."""
     torch_names = {_name(r) for r in torch_requirements}
     exact_torch = []
     for req in torch_requirements:
@@ -229,6 +232,7 @@ def build(*, profile: Profile, torch_requirements: Sequence[str], found: Install
         },
         "torch": {"requirements": exact_torch},
         "packages": packages,
+        "pylock": dict(pylock) if pylock else None,
     }
 
 
@@ -238,17 +242,36 @@ def write(prefix: Path, doc: Mapping[str, Any]) -> Path:
 
 
 def write_json(target: Path, doc: Any) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """`doc` as indented JSON, written atomically; readable by this user only, as it always was."""
+    return fsio.atomic_write(target, json.dumps(doc, indent=2, default=str) + "\n", mode=0o600)
+
+
+def exported(doc: Mapping[str, Any], lock_dir: Path) -> dict[str, Any]:
+    """The lock as `env export` prints it: its pylock.toml named by absolute path (it stays in the env)."""
+    out = dict(doc)
+    ref = pylockmod.reference(lock_dir, doc.get("pylock"))
+    if ref is not None:
+        out["pylock"] = {**dict(doc.get("pylock") or {}), "file": str(ref[0])}
+    return out
+
+
+def export_to(doc: Mapping[str, Any], lock_dir: Path, output: Path) -> list[Path]:
+    """Write the lock to `output` and its pylock.toml beside it (`pylock.NAME.toml`, PEP 751's naming,
+    NAME from the output's name), so the two travel together; returns the files written."""
+    ref = pylockmod.reference(lock_dir, doc.get("pylock"))
+    out = dict(doc)
+    written = []
+    if ref is not None:
+        stem = re.sub(r"[^A-Za-z0-9_-]", "-", output.name.split(".")[0]) or "env"
+        name = pylockmod.PYLOCK_NAME if stem == "provision" else f"pylock.{stem}.toml"
+        pylockmod.check_reference(ref[0], ref[1], lock_dir / LOCK_NAME)
+        target = output.parent / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(ref[0].read_bytes())
+        out["pylock"] = {**dict(doc.get("pylock") or {}), "file": name}
+        written.append(target)
+    written.insert(0, write_json(output, out))
+    return written
 
 
 def read(path: Path) -> Lock:
@@ -272,6 +295,7 @@ def read(path: Path) -> Lock:
         for v in packages.values():
             Version(v)
         env = doc.get("environment") or {}
+        ref = pylockmod.reference(path.parent, doc.get("pylock"))
         return Lock(
             path=path,
             profile_name=str(_get(doc, "profile.name")),
@@ -291,6 +315,8 @@ def read(path: Path) -> Lock:
             machine=MappingProxyType(dict(doc.get("machine") or {})),
             backend=env.get("backend"),
             created=doc.get("created"),
+            pylock=ref[0] if ref else None,
+            pylock_sha256=ref[1] if ref else "",
         )
     except _Missing as e:
         raise ProvisionError(f"{path}: invalid lock file: missing key '{e.key}'", hint=hint) from None

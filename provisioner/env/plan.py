@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.env import lock as lockmod
-from provisioner.env.backends import (CONDA_BACKENDS, QUERY_TIMEOUT, CondaBackend, EnvBackend, Installer,
-                                      Location, Step, choose_backend, find_interpreter, pick_installer, which)
+from provisioner.env.backends import (CONDA_BACKENDS, INSTALL_TIMEOUT, QUERY_TIMEOUT, CondaBackend, EnvBackend, Installer,
+                                      Location, Step, choose_backend, find_interpreter, pick_installer,
+                                      step_environ, which)
+from provisioner.env.pylock import PYLOCK_NAME, check_reference, install_argv
 from provisioner.env.record import (DEFAULT_NAME, RECORD_NAME, check_name, default_prefix, expand_path,
                                     is_building_now, read_record, read_registry, record_path)
 from provisioner.env.sources import check_url, find_local_wheels, local_dir, pin_build, pip_find_links, source_args
@@ -219,6 +221,8 @@ def resolve_profile(options: CreateOptions, facts: MachineFacts, environ: Mappin
                 f"that this machine cannot run: " + "; ".join(problems),
                 hint="rebuild for this machine with `provision env create --profile auto` "
                      "(the lock's package versions are kept in its 'packages' section)")
+        if lock_file.pylock is not None:
+            check_reference(lock_file.pylock, lock_file.pylock_sha256, lock_file.path)
         return ProfileSource(lock_file.as_profile(), None, lock_file)
     cuda = CudaVersion.parse(options.cuda) if options.cuda else None
     requested = options.profile if options.profile not in (None, "", "auto") else None
@@ -244,7 +248,7 @@ def python_version(options: CreateOptions, source: ProfileSource) -> tuple[str, 
 
 
 def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Sequence[str],
-                  python: str, environ: Mapping[str, str], root: Path = Path("/")) -> Sources:
+                  python: str, environ: Mapping[str, str]) -> Sources:
     """Index URLs (https unless allowed), wheel folders (which must exist), and the local pinned builds."""
     allow = options.allow_insecure_index
     default_index = source.lock.torch_index_url if source.lock else source.profile.torch_index_url
@@ -260,9 +264,10 @@ def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Seq
         if folder is not None and not expand_path(folder, environ).is_dir():
             raise UsageError(f"--find-links {u}: no such folder",
                              hint="give the folder that holds the wheel files (or an https:// URL)")
-    # pip reads PIP_FIND_LINKS / PIP_INDEX_URL itself; uv reads none of them, so for uv they are
-    # passed explicitly (and the local-wheel search sees them in both cases).
-    env_links = pip_find_links(environ, root)
+    # pip reads PIP_FIND_LINKS / PIP_INDEX_URL and its config files itself; uv reads none of them, so
+    # for uv they are passed explicitly (and the local-wheel search sees them in both cases). pip is
+    # asked, with the environ the install steps get: first the base interpreter a venv is made from.
+    env_links = pip_find_links(step_environ(environ), [find_interpreter(python, environ)[0]])
     sources = Sources(torch_index, extra, links, env_links, environ.get("PIP_INDEX_URL") or None, {})
     # A local wheel folder that already holds the exact pinned builds answers for the torch index
     # (air-gapped machines, mirrors, CI): the labelled pin cannot match any other build.
@@ -340,17 +345,43 @@ def decide_existing(existing: Mapping[str, Any] | None, *, spec: Mapping[str, An
 def build_steps(action: str, *, location: Location, existing: Mapping[str, Any] | None, backend: EnvBackend,
                 installer: Installer, python: Path, python_version: str, torch_reqs: Sequence[str],
                 package_reqs: Sequence[str], sources: Sources, profile: Profile,
-                environ: Mapping[str, str]) -> tuple[Step, ...]:
-    """The commands, in order: remove (replace), create, install torch, install packages, verify, record."""
+                environ: Mapping[str, str], pylock: Path | None = None) -> tuple[Step, ...]:
+    """The commands, in order: remove (replace), create, install torch, install packages (or the
+    lock's pylock.toml), verify, record."""
     if action == "up-to-date":
         return ()
     steps: list[Step] = []
-    uv = installer.uv is not None
     if action == "replace":
         steps.append(remove_step(location, existing, backend, environ))
     steps.append(backend.create(location, python_version))
+    if pylock is not None:
+        steps.append(pylock_step(installer, python, pylock, location, exact=not isinstance(backend, CondaBackend)))
+    else:
+        steps += install_steps(installer, backend, python, torch_reqs, package_reqs, sources, profile, environ)
+    steps.append(Step("verify", "verify the environment", (), detail=(
+        f"run the verify environment checks with {python} against profile {profile.name}")))
+    steps.append(Step("record", "record and lock", (), detail=(
+        f"mark it complete in {record_path(location.prefix)}; write "
+        f"{location.prefix / lockmod.LOCK_NAME} and {location.prefix / PYLOCK_NAME}"
+        + (" (copied from the lock)" if pylock is not None else
+           " (uv pip compile of the installed versions: every wheel's URL and hashes)"))))
+    return tuple(steps)
+
+
+def install_steps(installer: Installer, backend: EnvBackend, python: Path, torch_reqs: Sequence[str],
+                  package_reqs: Sequence[str], sources: Sources, profile: Profile,
+                  environ: Mapping[str, str]) -> list[Step]:
+    """torch from its index (or local wheels), then the packages with torch pinned."""
+    steps: list[Step] = []
+    uv = installer.uv is not None
+    backend_tag = torch_backend(installer, sources, profile, environ)
     torch_args = list(torch_reqs)
-    if sources.torch_source == "index":
+    if backend_tag is not None:
+        # uv sends only the PyTorch packages to the PyTorch index, everything else to the default one
+        torch_args += ["--torch-backend", backend_tag]
+        if sources.env_index:
+            torch_args += ["--index-url", sources.env_index]
+    elif sources.torch_source == "index":
         torch_args += ["--index-url", sources.torch_index]
     elif uv and sources.env_index:
         torch_args += ["--index-url", sources.env_index]       # torch's own dependencies
@@ -362,16 +393,65 @@ def build_steps(action: str, *, location: Location, existing: Mapping[str, Any] 
     if package_reqs:
         # torch again, pinned: the resolver then keeps the installed build, whatever the packages ask for
         pkg_args = [*torch_reqs, *package_reqs]
+        if backend_tag is not None:
+            pkg_args += ["--torch-backend", backend_tag]
         if uv and sources.env_index:
             pkg_args += ["--index-url", sources.env_index]
         pkg_args += source_args(sources.extra, sources.all_links if uv else sources.links, uv, environ)
         steps.append(replace(backend.pip_install(python, pkg_args, "install packages"), key="packages"))
-    steps.append(Step("verify", "verify the environment", (), detail=(
-        f"run the verify environment checks with {python} against profile {profile.name}")))
-    steps.append(Step("record", "record and lock", (), detail=(
-        f"mark it complete in {record_path(location.prefix)}; write "
-        f"{location.prefix / lockmod.LOCK_NAME}")))
-    return tuple(steps)
+    return steps
+
+
+#: The PyTorch index a `--torch-backend TAG` stands for (uv's own mapping, for the CUDA and CPU builds).
+PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+
+
+def torch_backend(installer: Installer, sources: Sources, profile: Profile,
+                  environ: Mapping[str, str]) -> str | None:
+    """uv's `--torch-backend` tag for the profile's build, where it means the same index.
+
+    Only when uv installs, torch comes from the profile's own PyTorch index (not a mirror given with
+    --index-url, not local wheels), and this uv knows the tag (older uv releases lack the newest CUDA
+    tags): then uv routes torch and its companions to that index and everything else to the default
+    index, which `--index-url` plus `unsafe-best-match` only approximated.
+    """
+    if installer.uv is None or sources.torch_source != "index":
+        return None
+    if sources.torch_index.rstrip("/") != PYTORCH_INDEX + profile.variant:
+        return None
+    if profile.variant not in uv_torch_backends(installer.uv, environ):
+        return None
+    return profile.variant
+
+
+_BACKENDS: dict[str, frozenset[str]] = {}
+
+
+def uv_torch_backends(uv: Path, environ: Mapping[str, str]) -> frozenset[str]:
+    """The `--torch-backend` values this uv accepts, from its own help text (asked once per uv)."""
+    key = str(uv)
+    if key not in _BACKENDS:
+        from provisioner import proc
+
+        try:
+            text = proc.run([str(uv), "pip", "install", "--help"], env=environ, timeout=QUERY_TIMEOUT).stdout
+        except ProvisionError:
+            text = ""
+        found = re.search(r"--torch-backend.*?possible values:([^\]]*)\]", text, re.S)
+        _BACKENDS[key] = frozenset(v.strip() for v in found.group(1).split(",")) if found else frozenset()
+    return _BACKENDS[key]
+
+
+def pylock_step(installer: Installer, python: Path, pylock: Path, location: Location, *, exact: bool) -> Step:
+    """Install exactly the pylock.toml's wheels, every hash checked (uv natively, pip from hashes)."""
+    reqs = None if installer.uv is not None else location.prefix / PIP_HASHES
+    argv = install_argv(uv=installer.uv, python=python, lock_path=pylock, exact=exact, requirements=reqs)
+    detail = f"from {pylock}" + (f" (as {reqs}, pip's hash-checking mode)" if reqs else "")
+    return Step("pylock", "install from pylock.toml", tuple(argv), INSTALL_TIMEOUT, detail)
+
+
+#: pip cannot read pylock.toml: apply() writes its hash-checking requirements file here, then removes it.
+PIP_HASHES = ".provision-pylock-requirements.txt"
 
 
 def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str],
@@ -385,7 +465,7 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     source = resolve_profile(options, facts, environ, profiles)
     version, notes = python_version(options, source)
     torch_reqs, package_reqs = requirements(options, source)
-    sources = wheel_sources(options, source, torch_reqs, version, environ, root)
+    sources = wheel_sources(options, source, torch_reqs, version, environ)
     installer, backend, interpreter, tool_notes = tools(options, version, environ)
     location = _location(options, backend, environ)
     python = backend.python(location.prefix)
@@ -404,7 +484,8 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
                              force=options.force, prefix=location.prefix, profile=source.profile.name)
     steps = build_steps(action, location=location, existing=existing, backend=backend, installer=installer,
                         python=python, python_version=version, torch_reqs=torch_reqs,
-                        package_reqs=package_reqs, sources=sources, profile=source.profile, environ=environ)
+                        package_reqs=package_reqs, sources=sources, profile=source.profile, environ=environ,
+                        pylock=source.lock.pylock if source.lock else None)
     uv = installer.uv is not None
     return CreatePlan(
         action=action, location=location, backend=backend.name, installer=installer.name,

@@ -1,14 +1,12 @@
 """The record provision keeps inside each environment it builds, the registry of them, and their status."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 from provisioner import paths
 from provisioner.env import lock as lockmod
 from provisioner.errors import UsageError
+from provisioner.fsio import locked
 
 #: The record provision keeps inside every environment it builds; no record, not ours.
 RECORD_NAME = "provision-env.json"
@@ -79,24 +78,9 @@ def read_registry(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         return {}
 
 
-@contextlib.contextmanager
-def flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def update_registry(environ: Mapping[str, str], prefix: Path,
                      entry: Mapping[str, Any] | None) -> None:
-    with flock(paths.data_dir(environ) / "envs.lock"):
+    with locked(paths.data_dir(environ) / "envs.lock"):
         envs = read_registry(environ)
         if entry is None:
             envs.pop(str(prefix), None)
@@ -112,7 +96,7 @@ def build_lock_path(prefix: Path, environ: Mapping[str, str]) -> Path:
 
 def is_building_now(prefix: Path, environ: Mapping[str, str]) -> bool:
     """Whether another process holds the build lock of prefix (a live `env create`)."""
-    with flock(build_lock_path(prefix, environ), blocking=False) as got:
+    with locked(build_lock_path(prefix, environ), blocking=False) as got:
         return not got
 
 

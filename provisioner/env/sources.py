@@ -1,18 +1,22 @@
 """Where wheels come from: index URLs, local wheel folders, pip's own configuration, pinned builds."""
 from __future__ import annotations
 
-import os
+import re
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from packaging import tags
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from provisioner import proc
 from provisioner.env.lock import TORCH_FAMILY
-from provisioner.errors import UsageError
-from provisioner.paths import under_root
+from provisioner.errors import CommandError, ProvisionError, UsageError
 
 
 def as_list(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -72,37 +76,57 @@ def pin_build(requirement: str, variant: str) -> str:
     return requirement
 
 
-def find_local_wheels(requirements: Sequence[str], find_links: Sequence[str],
-                      python_version: str) -> dict[str, Path] | None:
-    """The wheel files in local find-links folders that satisfy every exact pin, or None."""
-    tag = "cp" + python_version.replace(".", "")
+def supported_tags(python_version: str, platforms: Sequence[str] | None = None) -> tuple[Tag, ...]:
+    """The wheel tags CPython `python_version` ("3.11") installs, most specific first (the order pip
+    prefers them in): on `platforms` (["manylinux_2_28_x86_64"] to build for another machine), or on
+    this machine's (`packaging.tags.platform_tags()`: its architecture, its libc and that libc's version).
+
+    The environment's Python need not be the one provision runs on, so its tags are computed for its
+    version rather than taken from `sys_tags()`; the ABI is the standard build's (cp311, no debug or
+    free-threaded suffix), which is what venv and conda make.
+    """
+    try:
+        major, minor = (int(p) for p in python_version.split("."))
+    except ValueError:
+        raise UsageError(f"{python_version} is not a Python version", hint="write it as 3.11") from None
+    plats = list(tags.platform_tags()) if platforms is None else list(platforms)
+    interpreter = f"cp{major}{minor}"
+    return (*tags.cpython_tags((major, minor), abis=[interpreter], platforms=plats),
+            *tags.compatible_tags((major, minor), interpreter=interpreter, platforms=plats))
+
+
+def find_local_wheels(requirements: Sequence[str], find_links: Sequence[str], python_version: str,
+                      platforms: Sequence[str] | None = None) -> dict[str, Path] | None:
+    """The wheel files in local find-links folders that meet every exact pin and install on CPython
+    `python_version` on `platforms` (this machine's by default), or None when a pin has none.
+
+    A wheel fits when one of its tags is in `supported_tags` (an aarch64, musllinux or win_amd64 file
+    does not fit an x86_64 glibc machine); where several fit, the most specific tag wins, as in pip.
+    """
+    rank: dict[Tag, int] = {}
+    for i, tag in enumerate(supported_tags(python_version, platforms)):
+        rank.setdefault(tag, i)
+    folders = dict.fromkeys(d for d in map(local_dir, find_links) if d is not None and d.is_dir())
+    wheels = []
+    for folder in folders:
+        for wheel in sorted(folder.glob("*.whl")):
+            try:
+                wheels.append((wheel, *parse_wheel_filename(wheel.name)))
+            except (ValueError, InvalidVersion):
+                continue
     found: dict[str, Path] = {}
     for req_text in requirements:
         req = Requirement(req_text)
-        want = next(iter(req.specifier)).version if len(req.specifier) == 1 else None
-        if want is None:
+        pins = [s for s in req.specifier if s.operator == "==" and "*" not in s.version]
+        if len(pins) != 1 or len(req.specifier) != 1:
             return None
-        hit = None
-        for location in find_links:
-            folder = local_dir(location)
-            if folder is None or not folder.is_dir():
-                continue
-            for wheel in sorted(folder.glob("*.whl")):
-                try:
-                    name, version, _build, tags = parse_wheel_filename(wheel.name)
-                except (ValueError, InvalidVersion):
-                    continue
-                if canonicalize_name(name) != canonicalize_name(req.name) or str(version) != want:
-                    continue
-                if any(t.interpreter in (tag, "py3") and ("linux" in t.platform or t.platform == "any")
-                       for t in tags):
-                    hit = wheel
-                    break
-            if hit:
-                break
-        if hit is None:
+        name, want = canonicalize_name(req.name), Version(pins[0].version)
+        fits = [(min(rank[t] for t in wtags if t in rank), wheel)
+                for wheel, wname, version, _build, wtags in wheels
+                if wname == name and version == want and any(t in rank for t in wtags)]
+        if not fits:
             return None
-        found[canonicalize_name(req.name)] = hit
+        found[name] = min(fits, key=lambda fit: fit[0])[1]
     return found
 
 
@@ -110,49 +134,91 @@ def pip_env_list(environ: Mapping[str, str], var: str) -> tuple[str, ...]:
     return tuple(environ.get(var, "").split())
 
 
-def pip_find_links(environ: Mapping[str, str], root: Path = Path("/")) -> tuple[str, ...]:
-    """The wheel folders pip would search: PIP_FIND_LINKS, else `find-links` in pip's config files."""
-    return pip_env_list(environ, "PIP_FIND_LINKS") or pip_config_find_links(environ, root)
+#: pip's kinds of configuration file, lowest priority first (pip's `Configuration` override order).
+PIP_FILE_KINDS = ("global", "user", "site", "env")
+_DEBUG_VALUE = re.compile(r"(?P<key>[^\s:=]+\.[^\s:=]+): ?(?P<value>.*)")
+PIP_QUERY_TIMEOUT = 60
 
 
-def pip_config_files(environ: Mapping[str, str], root: Path = Path("/")) -> list[Path]:
-    """pip's configuration files in pip's order (a later one wins): the system-wide ones under root
-    (XDG_CONFIG_DIRS, /etc), then the user's (from environ), then PIP_CONFIG_FILE. With
-    PIP_CONFIG_FILE set to the null device pip loads no file at all."""
-    if environ.get("PIP_CONFIG_FILE") == os.devnull:
-        return []
-    home = Path(environ.get("HOME") or Path.home())
-    dirs = [d for d in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
-    files = [under_root(root, d) / "pip" / "pip.conf" for d in reversed(dirs)]
-    files.append(under_root(root, "/etc/pip.conf"))
-    files += [home / ".pip" / "pip.conf",
-              Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf"]
-    if environ.get("PIP_CONFIG_FILE"):
-        files.append(Path(environ["PIP_CONFIG_FILE"]))
-    return files
+@dataclass(frozen=True)
+class PipConfig:
+    """What one pip said it read, by `pip config debug`: for each kind of configuration file ("global",
+    "user", "site", "env" for the file PIP_CONFIG_FILE names), the values pip took from it."""
+
+    values: Mapping[str, Mapping[str, str]]          # kind -> {"install.find-links": "/srv/wheels"}
+
+    @classmethod
+    def parse(cls, text: str) -> PipConfig:
+        """`pip config debug`'s output: a kind at column 0, its files at 2 spaces (", exists: True"),
+        the kind's values under each file that exists at 4 (a multi-line value goes on, indented alike)."""
+        values: dict[str, dict[str, str]] = {}
+        kind, key = "", ""
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                kind, key = line.rstrip().rstrip(":"), ""
+                values.setdefault(kind, {})
+            elif line.startswith("    ") and kind != "env_var":
+                value = _DEBUG_VALUE.fullmatch(line[4:])
+                if value is not None:
+                    key = value["key"]
+                    values[kind][key] = value["value"]
+                elif key:
+                    values[kind][key] += "\n" + line[4:]
+            else:
+                key = ""
+        return cls(values)
+
+    def option(self, name: str, command: str = "install",
+               kinds: Sequence[str] = ("global", "user", "env")) -> str | None:
+        """`pip COMMAND`'s `name` from these kinds of file, by pip's rules: a later kind (global, user,
+        site, env) overrides an earlier one key by key, `[command]` then overrides `[global]`, and an
+        empty value counts as unset."""
+        merged: dict[str, str] = {}
+        for kind in PIP_FILE_KINDS:
+            if kind in kinds:
+                merged.update(self.values.get(kind, {}))
+        return merged.get(f"{command}.{name}") or merged.get(f"global.{name}") or None
 
 
-def pip_config_find_links(environ: Mapping[str, str], root: Path = Path("/")) -> tuple[str, ...]:
-    """`find-links` from pip's configuration files, in pip's order (the last file wins).
-
-    uv reads no pip configuration, so a local wheel folder that pip is configured with (an
-    air-gapped machine's wheelhouse) must be handed to uv explicitly, or uv goes to the index
-    for a build it cannot find there.
-    """
-    import configparser
-
-    files = pip_config_files(environ, root)
-    found: tuple[str, ...] = ()
-    for f in files:
-        parser = configparser.RawConfigParser()
+def read_pip_config(pythons: Sequence[Path], environ: Mapping[str, str]) -> PipConfig | None:
+    """pip's configuration as the first of `pythons` that has pip reads it with `environ` (one
+    `python -m pip config debug`, ~0.3 s); None when none of them has pip."""
+    for python in dict.fromkeys(pythons):
         try:
-            parser.read(f)
-        except (configparser.Error, OSError, UnicodeDecodeError):
-            continue
-        for section in ("global", "install"):
-            if parser.has_option(section, "find-links"):
-                found = tuple(parser.get(section, "find-links").split())
-    return found
+            done = proc.run([python, "-m", "pip", "config", "debug"], env=environ, timeout=PIP_QUERY_TIMEOUT)
+        except CommandError as e:
+            if e.returncode is None or "No module named pip" in e.stderr:
+                continue        # no such interpreter, or no pip in it: ask the next
+            # pip stops at a configuration file it cannot parse, and so will the install
+            raise ProvisionError(f"pip cannot read its configuration: {e.message}",
+                                 hint="fix the file pip names (`pip config debug` lists them all)") from None
+        return PipConfig.parse(done.stdout)
+    return None
+
+
+def pip_find_links(environ: Mapping[str, str], pythons: Sequence[Path] = ()) -> tuple[str, ...]:
+    """The wheel folders the new environment's pip will search: PIP_FIND_LINKS (pip's variables
+    override its files, so no pip need be asked), else `find-links` from pip's configuration files."""
+    return pip_env_list(environ, "PIP_FIND_LINKS") or pip_config_find_links(environ, pythons)
+
+
+def pip_config_find_links(environ: Mapping[str, str], pythons: Sequence[Path] = ()) -> tuple[str, ...]:
+    """`find-links` from pip's configuration files, as pip itself reads them: `pythons` (then this
+    interpreter) are asked in turn, with `environ` as the install will have it.
+
+    Which pip answers matters in one way only: a pip also reads its own site file,
+    `<sys.prefix>/pip.conf`, and that file is left out. The pip that installs is the new
+    environment's, whose site file is `<new env>/pip.conf`, and a new environment has none (provision
+    builds it fresh; a replaced one is deleted first). The global files (XDG_CONFIG_DIRS, /etc) are
+    those of the running system whatever --root says: pip reads them there when it installs.
+
+    uv reads no pip configuration, so a local wheel folder that pip is configured with (an air-gapped
+    machine's wheelhouse) must be handed to uv explicitly, or uv goes to the index for a build it
+    cannot find there.
+    """
+    config = read_pip_config([*pythons, Path(sys.executable)], environ)
+    value = config.option("find-links") if config is not None else None
+    return tuple(value.split()) if value else ()
 
 
 def source_args(extra: Sequence[str], links: Sequence[str], uv: bool,

@@ -30,7 +30,6 @@ from provisioner.errors import Interrupted, ProvisionError, UsageError
 from provisioner.model.hub import Endpoint as Endpoint  # `X as X`: the CLI, `model info` and the tests use them as download.X
 from provisioner.model.hub import RepoFile as RepoFile
 from provisioner.model.hub import data_host_verdict as data_host_verdict
-from provisioner.model.hub import find_cached_snapshot as find_cached_snapshot
 from provisioner.model.hub import hf_cache_dir as hf_cache_dir
 from provisioner.model.hub import partial_path, repo_cache_folder
 from provisioner.model.hub import select_files as select_files
@@ -74,18 +73,6 @@ def _check_url(url: str, where: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{where} must be an http(s) URL (got '{url}')", hint="e.g. --endpoint https://hf-mirror.com")
     return url.rstrip("/")
-
-
-def _is_present(target: Path, repo_id: str, commit: str, f: RepoFile, local_dir: bool) -> bool:
-    if not local_dir:
-        return (repo_cache_folder(target, repo_id) / "snapshots" / commit / f.path).is_file()
-    path = target / f.path
-    meta = target / ".cache" / "huggingface" / "download" / f"{f.path}.metadata"
-    try:
-        lines = meta.read_text().splitlines()
-    except OSError:
-        return False
-    return path.is_file() and path.stat().st_size == f.size and len(lines) >= 2 and lines[1].strip() == f.etag
 
 
 def _check_writable(target: Path) -> None:
@@ -134,7 +121,11 @@ class DownloadPlan:
 
     @property
     def path(self) -> Path:
-        """Where the model folder will be: what from_pretrained (or `model fit`) takes."""
+        """Where the model folder will be: what from_pretrained (or `model fit`) takes.
+
+        The cache's documented `models--org--name/snapshots/<commit>` folder; after a download,
+        DownloadResult.path is the folder huggingface_hub itself returned.
+        """
         if self.local_dir:
             return self.target
         return repo_cache_folder(self.target, self.repo_id) / "snapshots" / self.commit
@@ -194,19 +185,20 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
     ep = _checked_endpoint(model, endpoint=endpoint, mirror=mirror, environ=environ)
     env = worker_env(environ, ep)
     rev = revision or "main"
-    doc = _run_worker({"op": "plan", "repo": model, "revision": rev, "include_all": include_all},
-                      env=env, endpoint=ep, repo=model, revision=rev, live=False, timeout=API_TIMEOUT)
-    commit = doc["commit"]
     target = (local_dir.expanduser().absolute() if local_dir is not None else hf_cache_dir(environ))
     is_local = local_dir is not None
+    _check_writable(target)
+    doc = _run_worker({"op": "plan", "repo": model, "revision": rev, "include_all": include_all,
+                       "target": str(target), "local_dir": is_local},
+                      env=env, endpoint=ep, repo=model, revision=rev, live=False, timeout=API_TIMEOUT)
+    commit = doc["commit"]
     todo: list[RepoFile] = []
     present: list[RepoFile] = []
     for f in (RepoFile(**listed) for listed in doc["files"]):
-        (present if _is_present(target, model, commit, f, is_local) else todo).append(f)
+        (present if f.path in doc["present"] else todo).append(f)
     resumed = sum(_resumable_bytes(target, model, f, is_local) for f in todo)
     need = sum(f.size for f in todo) - resumed
     warnings = [w for w in (_data_host_warning(ep, f) for f in todo) if w]
-    _check_writable(target)
     free = disk_free(target)
     _check_space(model, target, need, free)
     return DownloadPlan(repo_id=model, revision=rev, commit=commit, endpoint=ep, target=target, local_dir=is_local,
@@ -272,25 +264,62 @@ def _check_space(model: str, target: Path, need: int, free: int) -> None:
 
 def apply(plan: DownloadPlan) -> DownloadResult:
     """Fetch the plan's files (progress bars on stderr); Ctrl-C keeps partial files for the next run."""
+    path = plan.path
     if plan.files:
         request = {"op": "fetch", "repo": plan.repo_id, "revision": plan.revision, "commit": plan.commit,
                    "target": str(plan.target), "local_dir": plan.local_dir,
                    "files": [f.__dict__ for f in plan.files]}
-        _run_worker(request, env=plan.env, endpoint=plan.endpoint, repo=plan.repo_id, revision=plan.revision,
-                    live=True, timeout=DOWNLOAD_TIMEOUT)
-    return DownloadResult(path=plan.path, files=len(plan.files) + len(plan.present), bytes=plan.need_bytes)
+        doc = _run_worker(request, env=plan.env, endpoint=plan.endpoint, repo=plan.repo_id, revision=plan.revision,
+                          live=True, timeout=DOWNLOAD_TIMEOUT)
+        path = Path(doc["path"])
+    return DownloadResult(path=path, files=len(plan.files) + len(plan.present), bytes=plan.need_bytes)
 
 
-def fetch_file(repo_id: str, filename: str, *, revision: str | None, environ: Mapping[str, str]) -> Path:
-    """One small file (config.json) through the HF cache; works offline when it is cached."""
-    ep = resolve_endpoint(environ=environ)
-    env = worker_env(environ, ep)
+# --------------------------------------------------------------------------------------------
+# what `model fit` asks of the hub
+
+
+def find_cached_snapshot(repo_id: str, *, revision: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The cached snapshot folder of repo_id at revision (default main) holding config.json, or None.
+
+    huggingface_hub's `try_to_load_from_cache` answers (no network). The worker is only started when
+    the cache has a folder for the repo at all (its documented `models--org--name` name), so a
+    built-in name that was never downloaded costs no child process.
+    """
+    cache = hf_cache_dir(environ)
+    if not repo_cache_folder(cache, repo_id).is_dir():
+        return None
+    ep = Endpoint(DEFAULT_ENDPOINT, "default")     # a cache question: no endpoint is asked (or checked)
     rev = revision or "main"
-    doc = _run_worker({"op": "file", "repo": repo_id, "revision": rev, "filename": filename,
-                       "cache_dir": str(hf_cache_dir(environ))},
-                      env=env, endpoint=ep, repo=repo_id, revision=rev, live=False, timeout=API_TIMEOUT,
-                      mirror_option=False)
-    return Path(doc["path"])
+    doc = _run_worker({"op": "cached", "repo": repo_id, "revision": rev, "cache_dir": str(cache)},
+                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev, live=False,
+                      timeout=API_TIMEOUT, mirror_option=False)
+    return Path(doc["snapshot"]) if doc["snapshot"] else None
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """What the hub says about a model without its weights."""
+
+    config_path: Path                                  # config.json, through the HF cache
+    tensors: tuple[tuple[str, str, tuple[int, ...]], ...] | None  # (name, safetensors dtype, shape)
+    tensors_problem: str | None                        # why `tensors` is None
+    where: str                                         # the endpoint the headers were read from
+
+
+def fetch_model(repo_id: str, *, revision: str | None, environ: Mapping[str, str]) -> HubModel:
+    """config.json and the safetensors headers (`HfApi.get_safetensors_metadata`: Range requests,
+    no weights). config.json works offline when it is cached; the headers need the endpoint."""
+    ep = resolve_endpoint(environ=environ)
+    rev = revision or "main"
+    doc = _run_worker({"op": "model", "repo": repo_id, "revision": rev, "cache_dir": str(hf_cache_dir(environ))},
+                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev, live=False,
+                      timeout=API_TIMEOUT, mirror_option=False)
+    tensors = doc["tensors"]
+    return HubModel(Path(doc["config"]),
+                    None if tensors is None else tuple((str(n), str(d), tuple(int(x) for x in shape))
+                                                       for n, d, shape in tensors),
+                    doc["tensors_problem"], ep.url)
 
 
 def _run_worker(request: dict[str, Any], *, env: Mapping[str, str], endpoint: Endpoint, repo: str, revision: str,

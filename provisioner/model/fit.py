@@ -99,11 +99,16 @@ class FitReport:
     spec: ModelSpec | None = field(default=None, compare=False)
 
     def to_document(self) -> dict[str, Any]:
-        """The `--json` document: exactly model, params, gpu_free_bytes, options, recommended."""
+        """The `--json` document: model, params, how they were counted (params_source: "safetensors
+        header", "config arithmetic" or "built-in table", and params_source_note: where the headers
+        were read or why they were not used), gpu_free_bytes, options, recommended."""
         rec = None
         if self.recommended is not None:
             rec = {"quant": self.recommended.quant, "max_context": self.recommended.max_context}
-        return {"model": self.model, "params": self.params, "gpu_free_bytes": self.gpu_free_bytes,
+        return {"model": self.model, "params": self.params,
+                "params_source": self.spec.params_source if self.spec else None,
+                "params_source_note": self.spec.source_note if self.spec else None,
+                "gpu_free_bytes": self.gpu_free_bytes,
                 "options": [o.to_dict() for o in self.options], "recommended": rec}
 
 

@@ -121,25 +121,16 @@ def hf_cache_dir(environ: Mapping[str, str]) -> Path:
 
 
 def repo_cache_folder(cache: Path, repo_id: str) -> Path:
+    """The repo's folder in the cache, by the documented name (huggingface_hub docs, "Manage cache").
+
+    Used for where things will be (the snapshot a plan names, our own partial files, the blob a
+    fetched weight file becomes); whether a file is there is asked of huggingface_hub.
+    """
     return cache / ("models--" + repo_id.replace("/", "--"))
 
 
-def find_cached_snapshot(repo_id: str, *, revision: str | None, environ: Mapping[str, str]) -> Path | None:
-    """The cached snapshot folder of repo_id at revision (default main) holding config.json, or None."""
-    folder = repo_cache_folder(hf_cache_dir(environ), repo_id)
-    rev = revision or "main"
-    commit = rev if COMMIT_HASH.match(rev) else None
-    if commit is None:
-        try:
-            commit = (folder / "refs" / rev).read_text().strip()
-        except OSError:
-            return None
-    snapshot = folder / "snapshots" / commit
-    return snapshot if (snapshot / "config.json").is_file() else None
-
-
 def partial_path(target: Path, repo_id: str, f: RepoFile, local_dir: bool) -> Path:
-    """The persistent partial file of an LFS file (the name huggingface_hub < 1.0 used in the cache).
+    """The persistent partial file of an LFS file (the name huggingface_hub 1.x resumes in the cache).
 
     The planner reads its size to report the resumed bytes; the worker appends to it.
     """

@@ -5,12 +5,18 @@ huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, w
 exactly the environment the parent computed. It reads one JSON request on stdin and writes a JSON result
 file; a known failure is `{"error": {"kind", "status", "message"}}` for the parent to explain.
 
-Resuming: huggingface_hub 2.4 downloads into a per-process temporary file that it deletes when the
+Only the package's public API is used (supported: huggingface_hub >=1.0,<3, see setup.cfg): cache
+questions go to `try_to_load_from_cache` and `hf_hub_download(dry_run=True)`, exact parameter counts
+to `HfApi.get_safetensors_metadata`, and the resumable transfer to the library's own HTTP client
+(`get_session`, `build_hf_headers`, `hf_raise_for_status`).
+
+Resuming: huggingface_hub 2.x downloads into a per-process temporary file that it deletes when the
 transfer fails (file_download.py `_download_to_tmp_and_move`), so an interrupted run starts over
-(huggingface/huggingface_hub#4196). Weight files (LFS) therefore go through `http_get` into our own
-`<blob>.incomplete` file, continued with `Range: bytes=N-` on the next run, checked against the
-sha256 the hub publishes, then handed to `hf_hub_download`, which links it into the cache (or writes
-its local-dir metadata) without downloading again. Small files go through `hf_hub_download` directly.
+(huggingface/huggingface_hub#4196; 1.x still resumed its `<blob>.incomplete`). Weight files (LFS)
+therefore go into our own `<blob>.incomplete` file (the name 1.x uses, so either side resumes the
+other's bytes), continued with `Range: bytes=N-` on the next run, checked against the sha256 the hub
+publishes, then handed to `hf_hub_download`, which links it into the cache (or writes its local-dir
+metadata) without downloading again. Small files go through `hf_hub_download` directly.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -89,22 +96,40 @@ def _head(repo: str, path: str, commit: str, endpoint: str) -> Any:
     return get_hf_file_metadata(hf_hub_url(repo, path, revision=commit, endpoint=endpoint), endpoint=endpoint)
 
 
+def _is_present(req: Mapping[str, Any], commit: str, f: RepoFile) -> bool:
+    """Is `f` of `commit` already complete in the target? Asked of the library, never of its files."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    target = Path(req["target"])
+    if not req["local_dir"]:
+        return isinstance(try_to_load_from_cache(req["repo"], f.path, cache_dir=target, revision=commit), str)
+    if not (target / f.path).is_file():
+        return False      # nothing to ask (and a dry run would create the file's folders)
+    info = hf_hub_download(req["repo"], f.path, revision=commit, endpoint=req["endpoint"], local_dir=target,
+                           dry_run=True)
+    return not info.will_download
+
+
 def _op_plan(req: Mapping[str, Any]) -> dict[str, Any]:
     from huggingface_hub import HfApi
 
     info = HfApi(endpoint=req["endpoint"]).model_info(req["repo"], revision=req["revision"], files_metadata=True)
+    commit = info.sha or req["revision"]
     listed = [RepoFile(path=s.rfilename, size=int(s.size or (s.lfs.size if s.lfs else 0) or 0),
                        sha256=s.lfs.sha256 if s.lfs else None, blob_id=s.blob_id) for s in info.siblings or []]
     keep, skip = select_files(listed, include_all=bool(req.get("include_all")))
-    files = []
+    files, present = [], []
     for f in keep:
-        if f.sha256:
+        if _is_present(req, commit, f):
+            present.append(f.path)
+        elif f.sha256:
             # The data path: where this endpoint really sends the bytes (checked before any download).
-            meta = _head(req["repo"], f.path, info.sha or req["revision"], req["endpoint"])
+            meta = _head(req["repo"], f.path, commit, req["endpoint"])
             host = urlsplit(meta.location).hostname
             f = RepoFile(f.path, int(meta.size or f.size), f.sha256, f.blob_id, host)
         files.append(f.__dict__)
-    return {"commit": info.sha, "gated": bool(info.gated), "files": files, "skipped": [f.__dict__ for f in skip]}
+    return {"commit": info.sha, "gated": bool(info.gated), "files": files, "present": present,
+            "skipped": [f.__dict__ for f in skip]}
 
 
 def _sha256(path: Path) -> str:
@@ -115,8 +140,55 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Transient failures in a row (no byte received in between) before a transfer gives up, as
+#: huggingface_hub's own http_get allows.
+RETRIES = 5
+
+
+def _transient(e: BaseException) -> bool:
+    # httpx (hub 1.x) and httpx2 (hub 2.x) both raise TransportError subclasses for dropped
+    # connections and timeouts; matched by name so that either client works.
+    return any(c.__name__ == "TransportError" for c in type(e).__mro__)
+
+
+def _append_range(url: str, partial: Path, size: int, headers: Mapping[str, str], label: str) -> None:
+    """Append `url`'s bytes to `partial` from its current length up to `size` (`Range: bytes=N-`).
+
+    Every received byte is written at once (unbuffered), so whatever reached the disk is what the
+    next run resumes from, even after SIGKILL. A dropped connection is resumed in place.
+    """
+    from huggingface_hub import constants, get_session, hf_raise_for_status
+    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
+
+    failures = 0
+    with partial.open("ab", buffering=0) as fh, tqdm(  # type: ignore[no-untyped-call]
+            total=size, initial=fh.tell(), unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
+        while fh.tell() < size:
+            start = fh.tell()
+            ask = {**headers, "Range": f"bytes={start}-"} if start else dict(headers)
+            try:
+                with get_session().stream("GET", url, headers=ask, follow_redirects=True,
+                                          timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+                    hf_raise_for_status(response)
+                    if start and response.status_code != 206:   # the server ignored the range: start over
+                        fh.seek(0)
+                        fh.truncate()
+                        bar.reset(total=size)
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+                        bar.update(len(chunk))
+                        failures = 0
+                break         # the body ended: complete, or short (said below), never asked again
+            except Exception as e:
+                failures += 1
+                if not _transient(e) or failures > RETRIES:
+                    raise
+                time.sleep(1)
+        if fh.tell() != size:
+            raise _IntegrityError(f"{label}: the server sent {fh.tell()} bytes, the hub lists {size}")
+
+
 def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -> None:
-    from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     repo, endpoint = req["repo"], req["endpoint"]
@@ -133,9 +205,7 @@ def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -
     headers = build_hf_headers()
     if urlsplit(meta.location).hostname != ep.host:
         headers.pop("authorization", None)   # never send the token to a CDN (as file_download does)
-    with partial.open("ab") as fh:
-        http_get(meta.location, fh, resume_size=fh.tell(), headers=headers, expected_size=size,
-                 displayed_filename=f.path)
+    _append_range(meta.location, partial, size, headers, f.path)
     if f.sha256 and _sha256(partial) != f.sha256:
         partial.unlink()
         raise _IntegrityError(f"{f.path}: the downloaded bytes do not match the sha256 the hub lists")
@@ -143,6 +213,7 @@ def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -
         dest = target / f.path
         dest.parent.mkdir(parents=True, exist_ok=True)
     else:
+        # The blob the cache would hold; hf_hub_download then only links it into the snapshot.
         dest = repo_cache_folder(target, repo) / "blobs" / f.sha256  # type: ignore[operator]
     os.replace(partial, dest)
 
@@ -150,33 +221,69 @@ def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -
 def _op_fetch(req: Mapping[str, Any]) -> dict[str, Any]:
     from huggingface_hub import hf_hub_download
 
-    repo, commit, endpoint = req["repo"], req["commit"], req["endpoint"]
+    repo, commit, endpoint, revision = req["repo"], req["commit"], req["endpoint"], req["revision"]
     target, local = Path(req["target"]), bool(req["local_dir"])
     where: dict[str, Any] = {"local_dir": str(target)} if local else {"cache_dir": str(target)}
     # Weights first, so the small files (config.json) last mark a complete folder.
     files = sorted((RepoFile(**f) for f in req["files"]), key=lambda f: f.sha256 is None)
+    folder = target
     for f in files:
         if f.sha256:
             _fetch_lfs(req, f, target, local)
         # For a fetched weight file this only links it (cache) or records its etag (local dir).
-        hf_hub_download(repo, f.path, revision=commit, endpoint=endpoint, **where)
-    if not local and not COMMIT_HASH.match(req["revision"]):
-        refs = repo_cache_folder(target, repo) / "refs" / req["revision"]
-        refs.parent.mkdir(parents=True, exist_ok=True)
-        refs.write_text(commit)
-    return {"path": str(target if local else repo_cache_folder(target, repo) / "snapshots" / commit)}
+        path = hf_hub_download(repo, f.path, revision=commit, endpoint=endpoint, **where)
+        folder = Path(path).parents[f.path.count("/")]      # the snapshot (or local) folder
+    if files and not local and not COMMIT_HASH.match(revision):
+        # Record the branch (refs/<revision>) the library's way: asked by branch, it writes the ref and
+        # returns the file already linked. Only while the branch still names the fetched commit.
+        last = files[-1].path
+        ahead = hf_hub_download(repo, last, revision=revision, endpoint=endpoint, dry_run=True, **where)
+        if ahead.commit_hash == commit:
+            hf_hub_download(repo, last, revision=revision, endpoint=endpoint, **where)
+    return {"path": str(folder)}
 
 
-def _op_file(req: Mapping[str, Any]) -> dict[str, Any]:
-    from huggingface_hub import hf_hub_download
+def _op_cached(req: Mapping[str, Any]) -> dict[str, Any]:
+    """The cached snapshot folder of `repo` at `revision` holding config.json, or None (no network)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    path = hf_hub_download(req["repo"], req["filename"], revision=req["revision"], endpoint=req["endpoint"],
-                           cache_dir=req["cache_dir"])
-    return {"path": str(path)}
+    found = try_to_load_from_cache(req["repo"], "config.json", cache_dir=req["cache_dir"], revision=req["revision"])
+    return {"snapshot": str(Path(found).parent) if isinstance(found, str) else None}
+
+
+def _op_model(req: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json (through the cache) and every tensor's dtype and shape from the safetensors headers.
+
+    `get_safetensors_metadata` reads only the headers (HTTP Range requests), never the weights. When
+    they cannot be read, `tensors` is None and `tensors_problem` says why (the parent falls back to
+    config.json arithmetic); a failure to get config.json is an error.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import errors as hf
+
+    repo, revision, endpoint = req["repo"], req["revision"], req["endpoint"]
+    config = hf_hub_download(repo, "config.json", revision=revision, endpoint=endpoint, cache_dir=req["cache_dir"])
+    tensors: list[list[Any]] | None = None
+    problem = None
+    try:
+        meta = HfApi(endpoint=endpoint).get_safetensors_metadata(repo, revision=revision)
+        tensors = [[name, t.dtype, list(t.shape)] for file in meta.files_metadata.values()
+                   for name, t in file.tensors.items()]
+    except hf.NotASafetensorsRepoError:
+        problem = "the repository has no model.safetensors or model.safetensors.index.json"
+    except hf.SafetensorsParsingError as e:
+        problem = f"a safetensors header could not be parsed ({str(e).strip().splitlines()[0]})"
+    except Exception as e:
+        found = _classify(e)
+        if found is None:
+            raise
+        problem = ("the hub is switched off (HF_HUB_OFFLINE)" if found["kind"] == "offline"
+                   else f"{found['message']}" + (f" (HTTP {found['status']})" if found["status"] else ""))
+    return {"config": config, "tensors": tensors, "tensors_problem": problem}
 
 
 _OPS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"plan": _op_plan, "fetch": _op_fetch,
-                                                                    "file": _op_file}
+                                                                    "cached": _op_cached, "model": _op_model}
 
 
 def _worker_main() -> int:

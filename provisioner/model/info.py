@@ -7,7 +7,7 @@ import math
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +28,7 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
 #: are the nn.Linear layers bitsandbytes replaces (transformers `replace_with_bnb_linear`).
 _BLOCK_TENSOR = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.\d+\.")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_QUANTIZED = "the checkpoint is quantized (quantization_config), so its headers hold packed weights"
 #: A safetensors header larger than this is not a header (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
 
@@ -54,9 +55,19 @@ class ModelSpec:
     quantizable_tensors: int = 0  # how many such Linear weights (per-tensor quantization constants)
     quantizable_rows: int = 0     # their summed output features (int8 keeps one fp32 scale per row)
     path: str | None = None       # the local folder, when there is one
+    source_note: str | None = None  # where the counts were read, or why the headers could not be used
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def params_source(self) -> str:
+        """How the parameters were counted, in the words `model fit` prints and its JSON carries."""
+        return PARAMS_SOURCES[self.source]
+
+
+#: ModelSpec.source -> how the parameter count was obtained.
+PARAMS_SOURCES = {"safetensors": "safetensors header", "config": "config arithmetic", "table": "built-in table"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +147,8 @@ def _arch_from_config(config: Mapping[str, Any], where: str) -> _Arch:
     )
 
 
-def _spec_from_arch(name: str, source: str, a: _Arch, path: str | None = None) -> ModelSpec:
+def _spec_from_arch(name: str, source: str, a: _Arch, path: str | None = None,
+                    note: str | None = None) -> ModelSpec:
     """Counts per compat-data §4.3: q,k,v,o + gated MLP per layer, 2 RMSNorms, embeddings, lm_head."""
     q_out, kv_out = a.heads * a.head_dim, a.kv_heads * a.head_dim
     linear = [(q_out, a.hidden), (kv_out, a.hidden), (kv_out, a.hidden), (a.hidden, q_out),
@@ -155,13 +167,14 @@ def _spec_from_arch(name: str, source: str, a: _Arch, path: str | None = None) -
         intermediate=a.intermediate, vocab=a.vocab, tie_embeddings=a.tie_embeddings, dtype=a.dtype,
         quantizable_params=quantizable, other_params=other, max_position=a.max_position,
         quantizable_tensors=a.layers * len(linear), quantizable_rows=a.layers * sum(o for o, _ in linear),
-        path=path,
+        path=path, source_note=note,
     )
 
 
-def spec_from_config(config: Mapping[str, Any], *, name: str, path: str | None = None) -> ModelSpec:
+def spec_from_config(config: Mapping[str, Any], *, name: str, path: str | None = None,
+                     note: str | None = None) -> ModelSpec:
     """A ModelSpec computed from config.json alone (source "config")."""
-    return _spec_from_arch(name, "config", _arch_from_config(config, name), path)
+    return _spec_from_arch(name, "config", _arch_from_config(config, name), path, note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,18 +208,24 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
     return header
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def _safetensors_files(folder: Path, *, strict: bool = True) -> list[Path] | None:
+    """The checkpoint's safetensors files; with strict=False, None instead of an error when the
+    index is unreadable or names missing shards (a partly downloaded snapshot)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
             names = sorted({str(name) for name in weight_map.values()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            if not strict:
+                return None
             raise ProvisionError(f"{index}: unreadable shard index ({e})",
                                  hint="re-download the model: `provision model download` fetches the index "
                                       "again") from e
         files = [folder / name for name in names]
         missing = [f.name for f in files if not f.is_file()]
+        if missing and not strict:
+            return None
         if missing:
             raise ProvisionError(f"{folder}: shards named in {index.name} are missing: {', '.join(missing)}",
                                  hint="finish the download: `provision model download` resumes it")
@@ -214,8 +233,8 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("consolidated"))
 
 
-def _spec_from_tensors(name: str, a: _Arch, tensors: Iterable[tuple[str, str, list[int]]],
-                       path: str) -> ModelSpec:
+def _spec_from_tensors(name: str, a: _Arch, tensors: Iterable[tuple[str, str, Sequence[int]]],
+                       path: str | None, note: str | None = None) -> ModelSpec:
     params = quantizable = n_linear = rows = 0
     by_dtype: Counter[str] = Counter()
     for tname, dtype, shape in tensors:
@@ -232,7 +251,7 @@ def _spec_from_tensors(name: str, a: _Arch, tensors: Iterable[tuple[str, str, li
         layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim,
         intermediate=a.intermediate, vocab=a.vocab, tie_embeddings=a.tie_embeddings, dtype=dtype,
         quantizable_params=quantizable, other_params=params - quantizable, max_position=a.max_position,
-        quantizable_tensors=n_linear, quantizable_rows=rows, path=path,
+        quantizable_tensors=n_linear, quantizable_rows=rows, path=path, source_note=note,
     )
 
 
@@ -249,11 +268,13 @@ def spec_from_folder(folder: Path, *, name: str | None = None) -> ModelSpec:
                              hint="re-download the model: `provision model download MODEL --local-dir DIR`") from e
     label = name or str(folder)
     arch = _arch_from_config(config, label)
-    files = _safetensors_files(folder)
+    files = _safetensors_files(folder) or []
     # A checkpoint that is already quantized (bnb, GPTQ, AWQ) stores packed integers: the headers
     # would undercount, so fall back to the architecture in config.json.
-    if not files or config.get("quantization_config"):
-        return _spec_from_arch(label, "config", arch, str(folder))
+    if config.get("quantization_config"):
+        return _spec_from_arch(label, "config", arch, str(folder), note=_QUANTIZED)
+    if not files:
+        return _spec_from_arch(label, "config", arch, str(folder), note="no *.safetensors files in the folder")
     tensors = []
     for f in files:
         for tname, info in read_safetensors_header(f).items():
@@ -322,10 +343,11 @@ def suggest(name: str) -> str | None:
 
 
 def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = None) -> ModelSpec:
-    """MODEL as a local folder, a downloaded hub repo, a table name, or a hub id (config.json fetched).
+    """MODEL as a local folder, a downloaded hub repo, a table name, or a hub id (read from the hub).
 
-    Order: an existing folder; a hub id already in the Hugging Face cache (exact counts, offline);
-    the built-in Qwen table (offline); the hub's config.json (network, honours HF_ENDPOINT).
+    Order: an existing folder; a hub id already downloaded into the Hugging Face cache (exact counts,
+    offline); the built-in Qwen table (offline); the hub's config.json and safetensors headers
+    (network, honours HF_ENDPOINT; config.json arithmetic when the headers cannot be read).
     """
     folder = Path(model).expanduser()
     if folder.is_dir():
@@ -335,10 +357,12 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
                          hint="pass an existing folder holding config.json, a hub id or a built-in name")
 
     from provisioner.model import download
+    from provisioner.model.hub import repo_id_problem
 
-    if _HUB_ID.match(model):
+    if _HUB_ID.match(model) and repo_id_problem(model) is None:
         snapshot = download.find_cached_snapshot(model, revision=revision, environ=environ)
-        if snapshot is not None:
+        # A snapshot holding only config.json (an earlier `model fit` cached it) has no counts to read.
+        if snapshot is not None and _safetensors_files(snapshot, strict=False):
             return spec_from_folder(snapshot, name=model)
     spec = find_in_table(model)
     if spec is not None:
@@ -351,7 +375,7 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
                  + ", ".join(table_names()))
     download.check_repo_id(model)
     try:
-        config_path = download.fetch_file(model, "config.json", revision=revision, environ=environ)
+        found = download.fetch_model(model, revision=revision, environ=environ)
     except ProvisionError as e:
         raise ProvisionError(
             f"cannot read the config of {model}: {e.message}",
@@ -359,9 +383,22 @@ def resolve(model: str, *, environ: Mapping[str, str], revision: str | None = No
             + "built-in names (see `provision model fit --help`) and local folders work offline; "
             + (e.hint or "")) from e
     try:
-        config = json.loads(Path(config_path).read_text())
+        config = json.loads(found.config_path.read_text())
     except (OSError, ValueError) as e:
         raise ProvisionError(f"{model}: config.json from the hub is not valid JSON ({e})",
                              hint="check --revision and the endpoint (HF_ENDPOINT): a mirror may have "
                                   "served an error page") from e
-    return spec_from_config(config, name=model)
+    return spec_from_hub(model, config, found.tensors, problem=found.tensors_problem, where=found.where)
+
+
+def spec_from_hub(name: str, config: Mapping[str, Any],
+                  tensors: Iterable[tuple[str, str, Sequence[int]]] | None, *, problem: str | None,
+                  where: str) -> ModelSpec:
+    """Exact counts from the safetensors headers the hub served; config.json arithmetic when there
+    are none (`problem` says why) or the checkpoint is quantized (packed weights undercount)."""
+    arch = _arch_from_config(config, name)
+    if config.get("quantization_config"):
+        problem = _QUANTIZED
+    elif tensors is not None:
+        return _spec_from_tensors(name, arch, tensors, None, note=f"read from {where}")
+    return _spec_from_arch(name, "config", arch, note=problem)

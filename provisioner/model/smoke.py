@@ -22,6 +22,8 @@ from provisioner.units import human_bytes
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 SMOKE_SCRIPT = SCRIPTS / "smoke_chat.py"
+#: The probe's share of a combined probe + chat run (as env.probe.PROBE_TIMEOUT).
+PROBE_TIMEOUT = 300
 #: A current Qwen chat model small enough for any GPU with 4 GB (about 1.2 GiB in nf4).
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 DEFAULT_PROMPT = "Hello! How are you?"
@@ -82,13 +84,37 @@ def script_argv(python: Path, script: Path, model: str, **options: str | int | b
 
 def smoke_command(python: Path, model: str, *, quant: str = "nf4", prompt: str = DEFAULT_PROMPT,
                   max_new_tokens: int = 64, trust_remote_code: bool = False, sample: bool = False,
-                  system: str | None = None, dtype: str = "auto") -> list[str]:
-    """The argv that runs the smoke script in the environment `python` belongs to."""
+                  system: str | None = None, dtype: str = "auto", probe_out: Path | None = None) -> list[str]:
+    """The argv that runs the smoke script in the environment `python` belongs to (with `probe_out`,
+    the script first runs the env probe in its own process and writes the report there)."""
     if quant not in QUANTS:
         raise ProvisionError(f"unknown quantization '{quant}'", hint=f"use one of {', '.join(QUANTS)}")
     return script_argv(python, SMOKE_SCRIPT, model, quant=quant, prompt=prompt,
                        max_new_tokens=max_new_tokens, dtype=dtype, system=system or None, sample=sample,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, probe_out=str(probe_out) if probe_out else None)
+
+
+def run_with_probe(python: Path, model: str = DEFAULT_MODEL, *, environ: Mapping[str, str],
+                   timeout: float = 900 + PROBE_TIMEOUT,
+                   **options: Any) -> tuple[SmokeResult, dict[str, Any] | None, str | None]:
+    """The env probe, then the smoke chat, in ONE process of the environment (one torch import):
+    (the chat's result, the probe's report, why there is no report).
+
+    The report is None when the process ended before the probe finished; the caller then probes on
+    its own (env.probe.run also salvages the package versions of a torch that crashes on import).
+    Options as run_smoke; raises ProvisionError as it does.
+    """
+    with tempfile.TemporaryDirectory(prefix="provision-probe-") as tmp:
+        out = Path(tmp) / "probe.json"
+        result = run_smoke(python, model, environ=environ, timeout=timeout, probe_out=out, **options)
+        try:
+            report = json.loads(out.read_text())
+        except (OSError, ValueError):
+            report = None
+    if not isinstance(report, dict):
+        why = result.error or "no result"
+        return result, None, f"the environment probe did not finish in the smoke chat's process: {why}"
+    return result, report, None
 
 
 def run_smoke(python: Path, model: str = DEFAULT_MODEL, *, quant: str = "nf4",
@@ -96,7 +122,7 @@ def run_smoke(python: Path, model: str = DEFAULT_MODEL, *, quant: str = "nf4",
               trust_remote_code: bool = False, sample: bool = False,
               environ: Mapping[str, str], timeout: float = 900,
               stream_to: IO[str] | None = None, system: str | None = None,
-              dtype: str = "auto") -> SmokeResult:
+              dtype: str = "auto", probe_out: Path | None = None) -> SmokeResult:
     """Run the smoke chat with `python` (the target environment's) and return what it measured.
 
     A failing load or generation is a SmokeResult with `error` set, not an exception; only a missing
@@ -106,7 +132,7 @@ def run_smoke(python: Path, model: str = DEFAULT_MODEL, *, quant: str = "nf4",
     """
     args = smoke_command(python, model, quant=quant, prompt=prompt, max_new_tokens=max_new_tokens,
                          trust_remote_code=trust_remote_code, sample=sample, system=system,
-                         dtype=dtype)
+                         dtype=dtype, probe_out=probe_out)
     live = stream_to is not None and _is_fd(stream_to, 2)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="provision-smoke-") as tmp:

@@ -168,6 +168,9 @@ def load(model_id: str, *, quant: str = "nf4", dtype: str = "auto", trust_remote
 
         quiet_transformers()
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        if quant in ("nf4", "int8"):
+            preload_bitsandbytes(torch)
     info["import_s"] = time.perf_counter() - t0
     on_gpu = bool(torch.cuda.is_available())
     info["torch_cuda"] = torch.version.cuda
@@ -202,6 +205,18 @@ def load(model_id: str, *, quant: str = "nf4", dtype: str = "auto", trust_remote
         info["cuda_allocated_after_load_bytes"] = sum(
             torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
     return Loaded(model=model, tokenizer=tok, info=info)
+
+
+def preload_bitsandbytes(torch: Any) -> None:
+    """Import bitsandbytes before transformers does, without its import-time torch.compile wrappers
+    (see _bnb_import: about 0.7 s on a 2-core CPU, and no change in what runs). A failing import is
+    left for from_pretrained to raise, with transformers' own message."""
+    try:
+        from _bnb_import import import_bitsandbytes
+
+        import_bitsandbytes(torch)
+    except Exception:  # noqa: BLE001 - reported by the load itself
+        pass
 
 
 def gpu_facts(torch: Any) -> dict[str, Any]:

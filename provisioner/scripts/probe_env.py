@@ -1,9 +1,10 @@
 """Report a Python environment's torch / bitsandbytes stack as one JSON object (run by that env's python).
 
 Standalone: it imports nothing from provisioner and only the stdlib at the top, because it runs
-in the environment under test, which need not have provisioner (or even torch) installed.
+in the environment under test, which need not have provisioner (or even torch) installed; its one
+sibling, _bnb_import, imports bitsandbytes without building torch.compile wrappers at import time.
 Each section is guarded, so a broken torch is reported instead of hiding everything else.
-Usage: python probe_env.py [--metadata-only]
+Usage: python probe_env.py [--metadata-only]   (smoke_chat.py --probe-out runs main() in its process)
 """
 from __future__ import annotations
 
@@ -136,14 +137,25 @@ def torch_info() -> tuple[dict[str, Any], Any]:
 
 
 def bnb_info(torch: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"imported": False, "error": None, "log": []}
     capture = _Capture()
-    logging.getLogger("bitsandbytes").addHandler(capture)
+    logger = logging.getLogger("bitsandbytes")
+    logger.addHandler(capture)
+    try:
+        return _bnb_info(torch, capture)
+    finally:
+        # the smoke chat may run next in this process: it collects bitsandbytes' log lines itself
+        logger.removeHandler(capture)
+
+
+def _bnb_info(torch: Any, capture: _Capture) -> dict[str, Any]:
+    out: dict[str, Any] = {"imported": False, "error": None, "log": []}
     t0 = time.monotonic()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            import bitsandbytes as bnb
+            from _bnb_import import import_bitsandbytes
+
+            bnb = import_bitsandbytes(torch)
         out["log"] += [str(w.message)[:2000] for w in caught]
     except BaseException as e:
         out["error"] = _error(e)

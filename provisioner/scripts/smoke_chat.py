@@ -2,11 +2,13 @@
 
     python smoke_chat.py MODEL [--quant nf4|int8|none] [--dtype auto|float16|bfloat16|float32]
         [--prompt TEXT] [--system TEXT] [--max-new-tokens N] [--sample] [--trust-remote-code]
-        [--json-out FILE] [--no-stream]
+        [--json-out FILE] [--no-stream] [--probe-out FILE]
 
 The reply streams to stderr as it is generated. The result (reply, timings, memory, placement, versions,
 or error + error_type + traceback tail + oom) goes to stdout, or to --json-out FILE (then stdout stays
 empty, so the caller's terminal can be inherited). Exit 0 on success, 1 on failure, 2 on bad arguments.
+--probe-out FILE first runs the environment probe (probe_env.py) in this process and writes its report
+to FILE, so `verify --smoke-chat` imports torch once; when torch does not import, no chat is tried.
 """
 from __future__ import annotations
 
@@ -37,7 +39,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device-map", default="auto")
     p.add_argument("--json-out", default=None)
     p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--probe-out", default=None)
     return p.parse_args(argv)
+
+
+def probe_first(path: str) -> str | None:
+    """Run the env probe here and write its report to `path`; why the chat cannot run, or None."""
+    import probe_env  # our sibling, like _loader
+
+    report = probe_env.main([])
+    write_json(path, report)
+    torch = report.get("torch") or {}
+    if not torch.get("imported"):
+        return f"torch cannot be imported: {torch.get('error') or 'unknown error'}"
+    return None
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    """Write atomically: the caller reads either the whole document or none."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +71,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "sample": args.sample, "trust_remote_code": args.trust_remote_code,
                               "error": None, "error_type": None, "traceback": None, "oom": False}
     stage = "load"
+    problem = probe_first(args.probe_out) if args.probe_out else None
+    if problem:
+        result.update(error=problem, error_type="ImportError", stage="import", versions=_loader.versions(),
+                      warnings=notes.seen, timings={"total_s": time.perf_counter() - started})
+        return result
     try:
         loaded = _loader.load(args.model, quant=args.quant, dtype=args.dtype,
                               trust_remote_code=args.trust_remote_code,
@@ -93,10 +121,7 @@ def main(argv: list[str]) -> int:
     result = run(args)
     text = json.dumps(result, default=str)
     if args.json_out:
-        tmp = args.json_out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json_out)
+        write_json(args.json_out, result)
     else:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()

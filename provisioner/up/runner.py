@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import ProvisionError
+from provisioner.up import choose
 from provisioner.up.records import Records
 from provisioner.up.stages import PIPELINE
 from provisioner.up.types import NO_GPU, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpResult, UpState, UpSummary
+
+if TYPE_CHECKING:
+    from provisioner.facts import Facts
+    from provisioner.model.choice import ModelChoice
 
 
 class Up:
@@ -26,8 +31,23 @@ class Up:
         self.state = UpState()
         self.did_work = False
 
+    def machine(self) -> Facts:
+        """The machine's facts (Facts), read once: by the plan, or by the diagnose stage."""
+        if self.state.facts is None:
+            from provisioner import facts as facts_mod
+
+            self.state.facts = facts_mod.gather_machine(root=self.root, environ=self.environ)
+        return self.state.facts
+
+    def choose_model(self) -> ModelChoice:
+        """The model this run sets up, and why (--model, or the default for this machine)."""
+        if self.state.choice is None:
+            self.state.choice = choose.choose(self.o, self.machine(), self.records, self.environ)
+        return self.state.choice
+
     def plan(self) -> list[StageOutcome]:
         """Each stage's state before anything runs: done / to do / skipped, with why."""
+        self.choose_model()
         rows = []
         for stage in PIPELINE:
             status, why = stage.status(self)
@@ -53,7 +73,7 @@ class Up:
             self.say(f"[{outcome.status:>7}] {stage.name}: {outcome.message}")
             if stage.name == until:
                 break
-        return UpResult(self.outcomes, self.summary(), self.did_work)
+        return UpResult(self.outcomes, self.summary(), self.did_work, self.state.choice)
 
     def fail(self, name: str, inputs: str, message: str, hint: str | None) -> StageFailed:
         self.records.failed(name, inputs, message)
@@ -63,6 +83,11 @@ class Up:
         what = " ".join(plan.torch_requirements)
         size = "a CPU build, about 200 MB" if plan.profile.is_cpu else "a CUDA build, several GB with its libraries"
         return self.confirm(f"Install {what} from {plan.torch_index_url} ({size}) into {plan.prefix}?")
+
+    def _model_name(self) -> str:
+        if self.state.choice is not None:
+            return self.state.choice.model
+        return self.o.model or "(not chosen yet)"
 
     def summary(self) -> UpSummary:
         st = self.state
@@ -79,7 +104,7 @@ class Up:
             toolkit=next((s.message for s in self.outcomes if s.name == "toolkit"), ""),
             profile=st.profile.name if st.profile is not None else None,
             environment=str(st.env.prefix) if st.env is not None else None,
-            model=str(st.model_path) if st.model_path is not None else self.o.model,
+            model=str(st.model_path) if st.model_path is not None else self._model_name(),
             precision=st.quant, context=st.context, estimated_peak_bytes=st.estimate,
             measured_peak_bytes=smoke_data.get("peak_bytes"), time_to_first_token_s=smoke_data.get("ttft_s"),
             tokens_per_s=smoke_data.get("tokens_per_s"), reply=smoke_data.get("reply"), chat_command=chat)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.cuda import command_line
 from provisioner.errors import PermissionDenied, ProvisionError
 from provisioner.units import gib
+from provisioner.up import choose
 from provisioner.up.records import Records, fingerprint
 from provisioner.up.types import CONFIRM_DOWNLOAD_BYTES, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpState
+
+if TYPE_CHECKING:
+    from provisioner.facts import Facts
+    from provisioner.model.choice import ModelChoice
 
 
 def is_local_model(model: str) -> bool:
@@ -50,6 +55,10 @@ class Run(Protocol):
 
     def confirm_torch(self, plan: Any) -> bool: ...
 
+    def machine(self) -> Facts: ...
+
+    def choose_model(self) -> ModelChoice: ...
+
 
 class Stage:
     """One step of the walkthrough: status() for the plan (reads, never changes), run() to do it."""
@@ -71,10 +80,8 @@ class Diagnose(Stage):
         return "check", f"{self.title} (cheap; always re-checked)"
 
     def run(self, up: Run) -> StageOutcome:
-        from provisioner import facts as facts_mod
-
-        facts = facts_mod.gather_machine(root=up.root, environ=up.environ)
-        up.state.facts, up.state.machine = facts, facts.machine()
+        facts = up.machine()          # read once: by the plan, or here
+        up.state.machine = facts.machine()
         info = facts.info
         if info is not None and info.loaded and info.gpus:
             gpus = ", ".join(f"{g.name} ({g.sm}, {gib(g.memory_free)} free)" for g in info.gpus)
@@ -202,25 +209,28 @@ class Fit(Stage):
         from provisioner.model import fit
         from provisioner.model import info as modelinfo
 
-        spec = modelinfo.resolve(up.o.model, environ=up.environ)
+        chosen = up.choose_model()
+        spec = modelinfo.resolve(chosen.model, environ=up.environ)
         facts = up.state.facts
         memory = fit.gpu_memory(up.o.gpu_memory or "auto", environ=up.environ,
                                 info=facts.info if facts is not None else None)
         # `up` loads in 16 bit, int8 or nf4 (what the smoke chat and `provision chat` offer).
-        quants = ("fp16", "bf16", "int8", "nf4") if up.o.quant == "auto" else (_fit_quant(up.o.quant),)
         report = fit.fit(spec, gpu_free_bytes=memory.free_bytes, context=up.o.context, batch=1,
-                         quants=quants, prefer_bf16=memory.prefer_bf16)
+                         quants=choose.fit_quants(up.o.quant), prefer_bf16=memory.prefer_bf16)
         st = up.state
         st.fit, st.context = report, report.context
+        note = "" if chosen.chosen_by == "flag" else f" ({chosen.how})"
         if memory.free_bytes is None:
             # On the CPU nothing is gated on GPU memory: load as asked (4-bit by default, as the
             # walkthrough does) and keep the estimate to compare with the measured peak.
             quant = "nf4" if up.o.quant == "auto" else up.o.quant
-            option = next(o for o in report.options if o.quant == _fit_quant(quant))
+            option = next(o for o in report.options if o.quant == choose.fit_quant(quant))
             st.quant, st.estimate = quant, option.total_bytes
-            return StageOutcome(self.name, "done", f"{spec.name}: {_human_params(spec.params)} params; "
+            choose.remember(up.o, facts, up.records, chosen)
+            return StageOutcome(self.name, "done", f"{spec.name}{note}: {_human_params(spec.params)} params; "
                                 f"{memory.source}; {quant} estimate {gib(option.total_bytes)} at {st.context} tokens",
-                                {"quant": quant, "estimate_bytes": option.total_bytes, "context": st.context})
+                                {"quant": quant, "estimate_bytes": option.total_bytes, "context": st.context,
+                                 "chosen_by": chosen.chosen_by})
         rec = report.recommended
         if rec is None:
             best = min(report.options, key=lambda o: o.total_bytes)
@@ -228,11 +238,13 @@ class Fit(Stage):
                           f"({best.quant}, {st.context} tokens) and {memory.source}; nothing was downloaded",
                           report.advice or "free GPU memory or choose a smaller model")
         st.quant, st.estimate = _up_quant(rec.quant), rec.total_bytes
+        choose.remember(up.o, facts, up.records, chosen)
         return StageOutcome(self.name, "done",
-                            f"{spec.name}: {rec.quant} fits ({memory.source}): estimate "
+                            f"{spec.name}{note}: {rec.quant} fits ({memory.source}): estimate "
                             f"{gib(rec.total_bytes)} at {st.context} tokens; up to {rec.max_context} tokens",
                             {"quant": st.quant, "estimate_bytes": rec.total_bytes, "context": st.context,
-                             "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes})
+                             "max_context": rec.max_context, "gpu_free_bytes": memory.free_bytes,
+                             "chosen_by": chosen.chosen_by})
 
 
 class Download(Stage):
@@ -241,36 +253,38 @@ class Download(Stage):
     def status(self, up: Run) -> tuple[str, str]:
         rec = up.records.stages.get(self.name) or {}
         path = Path(str((rec.get("result") or {}).get("path", "")))
-        if is_local_model(up.o.model):
+        o, model = up.o, up.choose_model().model
+        if is_local_model(model):
             return "skipped", "the model is a local folder"
-        if rec.get("status") == "done" and path.is_dir():
+        same = rec.get("inputs") == fingerprint(model, o.endpoint, o.mirror, str(o.local_dir))
+        if rec.get("status") == "done" and same and path.is_dir():
             return "done", f"already downloaded to {path}"
-        return "todo", self.title
+        return "todo", f"{self.title}: {model}"
 
     def run(self, up: Run) -> StageOutcome:
         from provisioner.model import download
 
-        o = up.o
-        if is_local_model(o.model):
-            path = Path(o.model).expanduser().resolve()
+        o, model = up.o, up.choose_model().model
+        if is_local_model(model):
+            path = Path(model).expanduser().resolve()
             up.state.model_path = path
             return StageOutcome(self.name, "skipped", f"local folder {path}", {"path": str(path)})
-        inputs = fingerprint(o.model, o.endpoint, o.mirror, str(o.local_dir))
+        inputs = fingerprint(model, o.endpoint, o.mirror, str(o.local_dir))
         rec = up.records.get(self.name, inputs)
         if rec and Path(rec["path"]).is_dir() and (Path(rec["path"]) / "config.json").is_file():
             up.state.model_path = Path(rec["path"])
             return StageOutcome(self.name, "done", f"already downloaded: {rec['path']}", rec)
-        plan = download.plan_download(o.model, local_dir=o.local_dir, endpoint=o.endpoint, mirror=o.mirror,
+        plan = download.plan_download(model, local_dir=o.local_dir, endpoint=o.endpoint, mirror=o.mirror,
                                       environ=up.environ)
         up.say(plan.describe())
         size = plan.need_bytes
-        if size > CONFIRM_DOWNLOAD_BYTES and not o.yes and not up.confirm(f"Download {gib(size)} of {o.model}?"):
+        if size > CONFIRM_DOWNLOAD_BYTES and not o.yes and not up.confirm(f"Download {gib(size)} of {model}?"):
             raise up.fail(self.name, inputs, "download declined", "re-run with --yes to download")
         path = download.apply(plan).path
         up.did_work = True
         up.state.model_path = Path(path)
         up.records.done(self.name, inputs, {"path": str(path), "bytes": size})
-        return StageOutcome(self.name, "ran", f"{o.model} -> {path} ({gib(size)})", {"path": str(path)})
+        return StageOutcome(self.name, "ran", f"{model} -> {path} ({gib(size)})", {"path": str(path)})
 
 
 class Smoke(Stage):
@@ -314,11 +328,6 @@ class Smoke(Stage):
 
 #: The walkthrough, in order (STAGES names the same stages for the plan and the records).
 PIPELINE: tuple[Stage, ...] = (Diagnose(), ChooseProfile(), Toolkit(), Environment(), Fit(), Download(), Smoke())
-
-
-def _fit_quant(quant: str) -> str:
-    """`up`/smoke precision names -> `model fit` names (none = 16-bit)."""
-    return {"none": "bf16"}.get(quant, quant)
 
 
 def _up_quant(fit_quant: str) -> str:

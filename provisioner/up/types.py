@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from provisioner.env import EnvResult
     from provisioner.env.choose import MachineFacts
     from provisioner.facts import Facts
+    from provisioner.model.choice import ModelChoice
     from provisioner.model.fit import FitReport
     from provisioner.profiles import Profile
 
@@ -24,7 +25,7 @@ NO_GPU = "none (CPU)"
 
 @dataclass
 class UpOptions:
-    model: str
+    model: str | None = None           # None: the default for this machine (model/choice.py)
     profile: str = "auto"
     name: str | None = None
     prefix: Path | None = None
@@ -91,6 +92,7 @@ class UpResult:
     stages: list[StageOutcome]
     summary: UpSummary
     did_work: bool
+    model: ModelChoice | None = None
 
     @property
     def chat_command(self) -> str | None:
@@ -102,6 +104,7 @@ class UpResult:
 
     def to_document(self) -> dict[str, Any]:
         return {"version": 1, "ok": self.ok, "did_work": self.did_work,
+                "model": self.model.to_dict() if self.model is not None else None,
                 "stages": [s.to_dict() for s in self.stages], "summary": self.summary.to_dict(),
                 "chat_command": self.chat_command}
 
@@ -118,7 +121,8 @@ Confirm = Callable[[str], bool]
 class UpState:
     """What the stages hand each other, each field set by the stage named beside it."""
 
-    facts: Facts | None = None                # diagnose: the machine, read once
+    facts: Facts | None = None                # diagnose (or the plan, first): the machine, read once
+    choice: ModelChoice | None = None         # the plan (or fit, first): the model and why
     machine: MachineFacts | None = None       # diagnose: the profile choice's view of it
     profile: Profile | None = None            # profile
     env: EnvResult | None = None              # env

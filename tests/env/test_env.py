@@ -123,7 +123,8 @@ def test_uv_plan_passes_pip_settings_explicitly(tmp_path: Path) -> None:
                                  str(tmp_path / "env")]
     torch = step(p, "torch")
     assert torch[:5] == [uv, "pip", "install", "--python", str(tmp_path / "env/bin/python")]
-    assert torch[5:] == ["torch==2.12.0+cpu", "--index-url", "https://download.pytorch.org/whl/cpu",
+    # uv's --torch-backend routes torch to the profile's PyTorch index; PIP_INDEX_URL stays the default
+    assert torch[5:] == ["torch==2.12.0+cpu", "--torch-backend", "cpu", "--index-url", "https://mirror.example/simple",
                          "--extra-index-url", "https://more.example/simple",
                          "--extra-index-url", "file:///srv/extra", "--find-links", "/srv/none",
                          "--index-strategy", "unsafe-best-match"]
@@ -323,32 +324,18 @@ def test_export_without_env() -> None:
 
 
 def test_pip_config_find_links_reach_uv(tmp_path: Path) -> None:
-    """A wheel folder configured in pip.conf (not in PIP_FIND_LINKS) is handed to uv too."""
+    """A wheel folder configured in pip.conf (not in PIP_FIND_LINKS) is handed to uv too: uv reads no
+    pip configuration. (How pip's files are read, asked of pip itself: tests/env/test_sources.py.)"""
     conf = tmp_path / "pip.conf"
     conf.write_text(f"[global]\nfind-links = {tmp_path / 'wheels'}\n")
-    environ = {"HOME": str(tmp_path), "XDG_CONFIG_DIRS": str(tmp_path / "none"),
-               "PIP_CONFIG_FILE": str(conf)}
-    assert envmod.pip_config_find_links(environ) == (str(tmp_path / "wheels"),)
-    # an explicit PIP_FIND_LINKS wins over the files
-    assert envmod.pip_find_links(environ) == (str(tmp_path / "wheels"),)
-    assert envmod.pip_find_links({**environ, "PIP_FIND_LINKS": "/x /y"}) == ("/x", "/y")
-
-
-def test_pip_config_is_read_under_the_root_and_from_environ_only(tmp_path: Path) -> None:
-    """--root: the system-wide pip.conf is <root>/etc/pip.conf (and <root>/etc/xdg/pip/pip.conf), never
-    this machine's; the user's file comes from environ's HOME; PIP_CONFIG_FILE=/dev/null reads none."""
-    root, home = tmp_path / "root", tmp_path / "home"
-    (root / "etc" / "xdg" / "pip").mkdir(parents=True)
-    (root / "etc" / "pip.conf").write_text("[global]\nfind-links = /wheels/system\n")
-    environ = {"HOME": str(home)}
-    assert envmod.pip_config_find_links(environ, root) == ("/wheels/system",)
-    (root / "etc" / "xdg" / "pip" / "pip.conf").write_text("[install]\nfind-links = /wheels/xdg\n")
-    assert envmod.pip_config_find_links(environ, root) == ("/wheels/system",)    # /etc/pip.conf comes later
-    (home / ".config" / "pip").mkdir(parents=True)
-    (home / ".config" / "pip" / "pip.conf").write_text("[global]\nfind-links = /wheels/user\n")
-    assert envmod.pip_config_find_links(environ, root) == ("/wheels/user",)
-    assert envmod.pip_config_find_links({**environ, "PIP_CONFIG_FILE": os.devnull}, root) == ()
-    assert envmod.pip_config_find_links({"HOME": str(tmp_path / "nobody")}, tmp_path / "empty-root") == ()
+    env = isolated_environ(tmp_path / "home")
+    env.pop("PIP_FIND_LINKS", None)
+    env["PIP_CONFIG_FILE"] = str(conf)
+    p = plan(tmp_path, env)
+    assert p.installer == "uv" and p.find_links == (str(tmp_path / "wheels"),)
+    for key in ("torch", "packages"):
+        argv = step(p, key)
+        assert argv[argv.index("--find-links") + 1] == str(tmp_path / "wheels")
 
 
 # --- audit additions: local wheel folders, completion only after verify, progress, export -------
@@ -425,7 +412,7 @@ def test_export_writes_the_lock_and_reports_it_as_json(tmp_path: Path) -> None:
     result = invoke(["env", "export", str(prefix), "--output", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"version": 1, "output": str(out),
-                                         "lock": str(prefix / "provision.lock.json")}
+                                         "lock": str(prefix / "provision.lock.json"), "pylock": None}
     assert lockmod.read(out).torch_requirements == ("torch==2.13.0+cpu",)
     result = invoke(["env", "export", str(prefix), "--output", str(tmp_path / "env" / "bin" / "python" / "x")])
     assert result.exit_code == 1
