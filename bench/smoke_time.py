@@ -5,7 +5,8 @@ Both load M in 4-bit NF4 (compute float32 on the CPU, float16 on a GPU), apply t
 generate greedily and decode, in a fresh process of environment E (bench/walkthrough_chat.py is the
 walkthrough's script with the options that make the two do identical work). verify also runs every
 machine and environment check; its env-probe cache is emptied before each run. Runs alternate; the
-medians of N rounds and their ratio are printed. Target (issue 10): <= 1.10x.
+medians of N rounds and their ratio are printed (and a RESULT line for bench/run.sh).
+Target (issue 10): <= 1.10x.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:<32} {median(values):6.2f} s   {median(values) / base:5.2f}x the walkthrough script")
     print("target: verify --smoke-chat <= 1.10x")
+    mine = median(times["verify --smoke-chat"])
+    print(f"RESULT\tverify --smoke-chat vs the walkthrough script\t{mine:.2f}\t{base:.2f}\t{mine / base:.2f}\t<= 1.10")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Usage: .venv/bin/python bench/verify_time.py [--env PREFIX] [-n N]
 E defaults to the test suite's chat env (torch 2.13.0 CPU, transformers, accelerate, bitsandbytes),
 else one built once under the XDG cache dir. Cold: the env-probe cache is emptied before the run;
 repeated: the cache a previous run filled is used. Runs alternate (collect_env, cold, repeated) and
-the medians of N rounds are printed with their ratios. Targets (issue 10): cold <= 1.0x, repeated <= 0.2x.
+the medians of N rounds are printed with their ratios (and RESULT lines for bench/run.sh).
+Targets (issue 10): cold <= 1.0x, repeated <= 0.2x.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:<32} {median(values):6.2f} s   {median(values) / base:5.2f}x collect_env")
     print("targets: cold <= 1.00x, repeated <= 0.20x")
+    for name, target in (("verify cold", "<= 1.00"), ("verify repeated", "<= 0.20")):
+        mine = median(times[name])
+        print(f"RESULT\t{name} vs collect_env\t{mine:.2f}\t{base:.2f}\t{mine / base:.2f}\t{target}")
 
 
 if __name__ == "__main__":

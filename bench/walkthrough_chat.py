@@ -1,4 +1,4 @@
-"""The walkthrough's chat script, as users run it: the baseline `bench/smoke_overhead.py` times provision against.
+"""The walkthrough's chat script, as users run it: the baseline `bench/smoke_time.py` times provision against.
 
     python bench/walkthrough_chat.py [MODEL] [--prompt TEXT] [--max-new-tokens N]
         [--greedy] [--quant-type fp4|nf4] [--dtype float16|bfloat16|float32]

@@ -18,13 +18,13 @@ import provisioner
 from provisioner.errors import ProfileError, ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 
-TOP_KEYS = ("name", "description", "cuda", "python", "torch", "packages", "driver_min",
+TOP_KEYS = ("name", "description", "cuda", "python", "torch", "packages", "extras", "driver_min",
             "compute_capabilities", "ptx", "sources")
 REQUIRED_KEYS = ("name", "cuda", "python", "torch", "packages", "sources")
 TORCH_KEYS = ("version", "index_url", "torchvision", "torchaudio")
 #: Keys of `sources`. `torch` covers the wheel: cuda, index_url, torchvision, torchaudio;
 #: `compute_capabilities` covers ptx.
-FACT_KEYS = ("python", "torch", "packages", "driver_min", "compute_capabilities")
+FACT_KEYS = ("python", "torch", "packages", "extras", "driver_min", "compute_capabilities")
 
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
 _CC = re.compile(r"^(\d{1,2})\.(\d)$")
@@ -189,10 +189,28 @@ def _torch(r: _Reader, doc: Mapping[Any, Any]) -> _Torch:
 
 
 def _packages(r: _Reader, doc: Mapping[Any, Any]) -> dict[str, SpecifierSet]:
-    packages: dict[str, SpecifierSet] = {}
     pkg_doc = r.typed(doc["packages"], "packages", dict) if "packages" in doc else None
-    for pkg, spec in (pkg_doc or {}).items():
-        key = f"packages.{pkg}"
+    return _requirements(r, pkg_doc or {}, "packages")
+
+
+def _extras(r: _Reader, doc: Mapping[Any, Any]) -> dict[str, dict[str, SpecifierSet]]:
+    """`extras: {web: {gradio: ">=6.0,<7"}}`: packages installed on first use of a feature, not by `env create`."""
+    extras: dict[str, dict[str, SpecifierSet]] = {}
+    extras_doc = r.typed(doc.get("extras"), "extras", dict, nullable=True) or {}
+    for name, pkg_doc in extras_doc.items():
+        if not isinstance(name, str) or not _PACKAGE.match(name):
+            r.problem(f"extras.{name}", "not a valid extra name")
+            continue
+        pkg_doc = r.typed(pkg_doc, f"extras.{name}", dict)
+        if pkg_doc is not None:
+            extras[name] = _requirements(r, pkg_doc, f"extras.{name}")
+    return extras
+
+
+def _requirements(r: _Reader, pkg_doc: Mapping[Any, Any], prefix: str) -> dict[str, SpecifierSet]:
+    packages: dict[str, SpecifierSet] = {}
+    for pkg, spec in pkg_doc.items():
+        key = f"{prefix}.{pkg}"
         if not isinstance(pkg, str) or not _PACKAGE.match(pkg):
             r.problem(key, "not a valid package name")
             continue

@@ -26,7 +26,7 @@ from provisioner.profile_schema import VALIDATE_HINT as VALIDATE_HINT
 from provisioner.profile_schema import InvalidProfile as InvalidProfile
 from provisioner.profile_schema import bundled_dir as bundled_dir
 from provisioner.profile_schema import cc_str as cc_str
-from provisioner.profile_schema import _PYTHON, _Reader, _display, _gpu, _packages, _read, _sources, _torch
+from provisioner.profile_schema import _PYTHON, _extras, _Reader, _display, _gpu, _packages, _read, _sources, _torch
 
 
 
@@ -51,6 +51,8 @@ class Profile:
     compute_capabilities: tuple[CC, ...]
     ptx: CC | None                      # highest arch also shipped as PTX (JIT-able on newer GPUs)
     sources: Mapping[str, str] = field(hash=False)
+    #: Packages a feature installs on first use (`web`: Gradio for `chat --web`; `serve`: FastAPI, uvicorn).
+    extras: Mapping[str, Mapping[str, SpecifierSet]] = field(default_factory=dict, hash=False)
 
     @property
     def is_cpu(self) -> bool:
@@ -156,6 +158,7 @@ class Profile:
                       "torchvision": _str_or_none(self.torchvision),
                       "torchaudio": _str_or_none(self.torchaudio)},
             "packages": {k: spec_text(v) for k, v in self.packages.items()},
+            "extras": {name: {k: spec_text(v) for k, v in pkgs.items()} for name, pkgs in self.extras.items()},
             "driver_min": _str_or_none(self.driver_min),
             "compute_capabilities": [cc_str(cc) for cc in self.compute_capabilities],
             "ptx": None if self.ptx is None else cc_str(self.ptx),
@@ -193,6 +196,7 @@ def load(path: Path | str, *, display: str | None = None) -> Profile:
         r.problem("python", f"'{python}' is not a Python version (write it as 3.11)")
     torch = _torch(r, doc)
     packages = _packages(r, doc)
+    extras = _extras(r, doc)
     gpu = _gpu(r, doc)
     sources = _sources(r, doc)
 
@@ -207,6 +211,7 @@ def load(path: Path | str, *, display: str | None = None) -> Profile:
         torchvision=torch.torchvision, torchaudio=torch.torchaudio,
         packages=MappingProxyType(packages), driver_min=gpu.driver_min,
         compute_capabilities=gpu.ccs, ptx=gpu.ptx, sources=MappingProxyType(sources),
+        extras=MappingProxyType({k: MappingProxyType(v) for k, v in extras.items()}),
     )
 
 

@@ -190,15 +190,13 @@ def evaluate(facts: Facts, *, root: Path | None = None, environ: Mapping[str, st
         env_checks = check_env(facts.probe, info, rng, ctx=ctx, probe_error=facts.probe_error)
         if facts.origin != "paste":
             # the probe's wall time (interpreter start included) says where verify's seconds go;
-            # 0 when the env-probe cache answered (probe_cache says so, and when it was probed)
+            # 0 when the env-probe cache answered (probe_cache says so, and when it was probed). The
+            # message stays the same either way: the same facts give the same verdicts.
             first = env_checks[0]
             data = dict(first.data, probe_wall_seconds=round(facts.timings.get("env_probe", 0.0), 3))
-            message = first.message
             if facts.probe_cache is not None:
                 data["probe_cache"] = dict(facts.probe_cache)
-                if facts.probe_cache.get("hit") and first.status is Status.OK:
-                    message += f" (facts cached {facts.probe_cache.get('probed_at')}; --fresh probes again)"
-            env_checks[0] = replace(first, message=message, data=data)
+            env_checks[0] = replace(first, data=data)
         checks += env_checks
         if facts.target is not None:
             record = check_record(facts.record, facts.target.prefix, root)

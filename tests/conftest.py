@@ -29,6 +29,13 @@ CHAT_ENV_REQUIREMENTS = (
     "accelerate==1.15.0",
     "bitsandbytes==0.50.2",
 )
+#: Added to the chat stack for `provision chat --web` and `provision serve` (a second env, so the chat
+#: env above keeps its key): Gradio, and the FastAPI + uvicorn it brings, pinned.
+WEB_ENV_REQUIREMENTS = (
+    "gradio==6.31.0",
+    "fastapi==0.165.0",
+    "uvicorn==0.55.0",
+)
 
 
 #: Per-test limit where pytest-timeout is installed (the `test` extra has it); without the plugin the
@@ -55,7 +62,8 @@ def _real_gpu() -> str | None:
 #: Fixtures that build something heavy on first use (real venvs with torch, real CUDA wheels, full
 #: `env create` runs): a test that takes one is `slow`, whether or not it says so itself.
 HEAVY_FIXTURES = frozenset({"chat_env_python", "cpu_env", "real_cuda", "real_root", "tiny_models", "chat_probe",
-                            "no_bnb_env_python", "broken_torch_env_python", "conda_standin"})
+                            "no_bnb_env_python", "broken_torch_env_python", "conda_standin",
+                            "web_env_python"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -123,6 +131,15 @@ def chat_env_python() -> Path:
     """
     prefix = CACHE / f"chat-env-{_key(CHAT_ENV_REQUIREMENTS)}"
     return _build_venv(prefix, [[CHAT_ENV_REQUIREMENTS[0]], list(CHAT_ENV_REQUIREMENTS[1:])])
+
+
+@pytest.fixture(scope="session")
+def web_env_python() -> Path:
+    """Interpreter of a real venv with the chat env's stack plus WEB_ENV_REQUIREMENTS (Gradio, FastAPI,
+    uvicorn): what `provision chat --web` and `provision serve` run in. Built once, like the chat env."""
+    prefix = CACHE / f"web-env-{_key(CHAT_ENV_REQUIREMENTS + WEB_ENV_REQUIREMENTS)}"
+    return _build_venv(prefix, [[CHAT_ENV_REQUIREMENTS[0]], list(CHAT_ENV_REQUIREMENTS[1:]),
+                                list(WEB_ENV_REQUIREMENTS)])
 
 
 @pytest.fixture(scope="session")

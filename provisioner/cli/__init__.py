@@ -18,6 +18,8 @@ from provisioner.errors import ProvisionError
 #: command's module is imported when that command is used. tests/test_cli.py keeps the help
 #: text equal to each command's own.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "bundle": ("provisioner.cli.bundle",
+               "Make one folder or tar with all an offline machine needs for `up`; verify and list one."),
     "chat": ("provisioner.cli.chat",
              "Chat with MODEL (default: a current Qwen chat model) loaded as the smoke chat loads it."),
     "cuda": ("provisioner.cli.cuda",
@@ -27,12 +29,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                 "Explain a paste: nvidia-smi, nvcc --version, pip/conda lists, collect_env, errors, a report."),
     "env": ("provisioner.cli.env",
             "Build, list, export and remove the torch + bitsandbytes environments provision creates."),
+    "fleet": ("provisioner.cli.fleet", "Compare many hosts: one table from their saved results (Ansible, verify, report)."),
     "model": ("provisioner.cli.model",
               "Check that a model fits the GPU, and download it (mirror-safe, resumable)."),
     "profile": ("provisioner.cli.profile",
                 "List, show and validate profiles (torch wheel + stack for one CUDA line)."),
     "report": ("provisioner.cli.up",
                "Write one Markdown (or --json) file for a bug report; secrets are redacted."),
+    "serve": ("provisioner.cli.serve", "Serve MODEL over HTTP as an OpenAI-compatible API (/v1/chat/completions)."),
     "up": ("provisioner.cli.up",
            "Run the whole walkthrough: diagnose, profile, toolkit, environment, fit, download, smoke chat."),
     "verify": ("provisioner.cli.verify",

@@ -38,7 +38,7 @@ def _spinner(app: App) -> Callable[[str], ContextManager[Any]] | None:
               envvar="PROVISION_PROFILE", show_envvar=True,
               help="Profile to build; auto chooses from the driver, the GPUs and the linked toolkit.")
 @click.option("--cuda", metavar="VERSION", envvar="PROVISION_CUDA", show_envvar=True,
-              help="Build the profile of this CUDA line (12.6, cu126); refused if the machine cannot run it.")
+              help="Build the profile of this CUDA line (12.6, cu126); refused if the machine shows it cannot run it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               envvar="PROVISION_BACKEND", show_envvar=True,
               help="auto: conda, mamba or micromamba when on PATH, else a venv.")
@@ -62,6 +62,8 @@ def _spinner(app: App) -> Callable[[str], ContextManager[Any]] | None:
               help="Rebuild exactly what a lock file (provision env export) records.")
 @click.option("--force", is_flag=True,
               help="Replace an environment provision built from another profile, or left half-built.")
+@click.option("--bundle", type=click.Path(path_type=Path), metavar="PATH",
+              help="Build offline from a bundle (`provision bundle create`): verified first, no index.")
 @dry_run_option
 @json_option
 @pass_app
@@ -69,20 +71,31 @@ def env_create(app: App, name: str | None, prefix: Path | None, profile: str, cu
                backend: str, installer: str, python_version: str | None, torch_version: str | None,
                index_url: str | None, extra_index_url: tuple[str, ...], find_links: tuple[str, ...],
                channels: tuple[str, ...], allow_insecure_index: bool, from_lock: Path | None,
-               force: bool, dry_run: bool) -> None:
+               force: bool, dry_run: bool, bundle: Path | None = None) -> None:
     """Build (or confirm up to date) the environment for this machine, verify it, and lock it."""
     from provisioner import env as envmod
+
+    if bundle is not None:
+        from provisioner.cli.bundle import env_create_from_bundle
+
+        return env_create_from_bundle(app, bundle, name=name, prefix=prefix, backend=backend, installer=installer,
+                                      force=force, dry_run=dry_run, profile=profile, cuda=cuda, python=python_version,
+                                      torch=torch_version, index_url=index_url, extra_index_url=extra_index_url,
+                                      find_links=find_links, channel=channels, from_lock=from_lock)
 
     options = envmod.CreateOptions(
         name=name, prefix=prefix, profile=profile, cuda=cuda, backend=backend, python=python_version,
         torch=torch_version, index_url=index_url, extra_index_urls=extra_index_url,
         find_links=find_links, channels=channels, installer=installer,
-        allow_insecure_index=allow_insecure_index, from_lock=from_lock, force=force)
+        allow_insecure_index=allow_insecure_index, from_lock=from_lock, force=force, dry_run=dry_run)
     plan = envmod.plan_create(options, root=app.root, environ=app.environ)
+    for line in plan.warnings:
+        app.info(f"warning: {line}")
     app.echo(plan.describe())
     if dry_run:
         if app.json:
             app.emit_json({"version": 1, "status": "planned", "plan": plan.to_dict()})
+        plan.require_runnable()
         return
     result = envmod.apply_create(plan, environ=app.environ, progress=app.info, status=_spinner(app))
     if app.json:

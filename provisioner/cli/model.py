@@ -82,7 +82,7 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
 
 
 @model_group.command("download")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
 @click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Put the files in DIR instead of the Hugging Face cache.")
@@ -90,21 +90,29 @@ def model_fit(app: App, model: str, context: int | None, batch: int, gpu_memory:
 @click.option("--mirror", default=None, metavar="NAME",
               help="A known mirror by name: " + ", ".join(f"{k} ({v})" for k, v in download.MIRRORS.items()) + ".")
 @click.option("--include-all", is_flag=True, help="Fetch every file, not just what a transformers load needs.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="Offline: the model a bundle holds (verified; with --local-dir, copied there).")
 @dry_run_option
 @json_option
 @pass_app
-def model_download(app: App, model: str, revision: str | None, local_dir: Path | None, endpoint: str | None,
-                   mirror: str | None, include_all: bool, dry_run: bool) -> None:
+def model_download(app: App, model: str | None, revision: str | None, local_dir: Path | None, endpoint: str | None,
+                   mirror: str | None, include_all: bool, dry_run: bool, bundle: Path | None = None) -> None:
     """Download MODEL (org/name) from the hub or a mirror: resumable, with a disk check first.
 
     Only the files a transformers load needs (safetensors over .bin; no GGUF/ONNX/Flax/TF copies).
     Run it again after an interruption: it continues where it stopped.
     """
+    if bundle is not None or model is None:
+        from provisioner.cli.bundle import model_from_bundle
+
+        return model_from_bundle(app, bundle, model, local_dir=local_dir, revision=revision, endpoint=endpoint,
+                                 mirror=mirror, include_all=include_all, dry_run=dry_run)
     plan = download.plan_download(model, revision=revision, local_dir=local_dir, endpoint=endpoint, mirror=mirror,
                                   include_all=include_all, environ=app.environ)
     if app.json:
         if not dry_run:
-            download.apply(plan)
+            with ui.transfer(app, plan.repo_id) as update:      # on stderr: stdout holds the one document
+                download.apply(plan, on_progress=update)
         app.emit_json({"model": plan.repo_id, "revision": plan.revision, "commit": plan.commit,
                        "endpoint": plan.endpoint.url, "path": str(plan.path), "dry_run": dry_run,
                        "files": [f.path for f in (*plan.present, *plan.files)], "bytes": plan.need_bytes,
@@ -114,7 +122,8 @@ def model_download(app: App, model: str, revision: str | None, local_dir: Path |
         app.echo(plan.describe())
         return
     app.info(plan.describe())
-    result = download.apply(plan)
+    with ui.transfer(app, plan.repo_id) as update:
+        result = download.apply(plan, on_progress=update)
     app.echo(f"{plan.repo_id}: {result.files} file(s) in {result.path}")
     app.info(f"next: provision model fit {result.path}")
 

@@ -117,8 +117,9 @@ def activity(app: App) -> Iterator[Say]:
 @contextlib.contextmanager
 def transfer(app: App, title: str) -> Iterator[Transfer]:
     """The hook a download reports through: `update(name, done, total)` drives one progress bar per
-    file (bytes, speed, time left) on an interactive terminal; elsewhere each finished file is one
-    line (`downloaded NAME (SIZE)`) and nothing else, so logs stay short."""
+    file (bytes in KiB/MiB as the plan prints them, speed, time left) on an interactive terminal;
+    elsewhere each finished file is one line (`downloaded NAME (SIZE)`) and nothing else, so logs
+    stay short."""
     from provisioner.units import human_bytes
 
     out = _live_console(app)
@@ -136,8 +137,8 @@ def transfer(app: App, title: str) -> Iterator[Transfer]:
                                TransferSpeedColumn)
 
     bars: dict[str, TaskID] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=out, transient=False) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=out, transient=False) as progress:
         out.print(mask_urls(title))
 
         def update(name: str, done: int, total: int | None) -> None:

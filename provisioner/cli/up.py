@@ -51,6 +51,9 @@ STATUS_WORDS = {"todo": "to do", "check": "check", "done": "done", "done?": "don
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before large downloads or root changes.")
 @click.option("--dry-run", is_flag=True, help="Show the plan (each stage's state) and stop.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="Offline: profile, wheels and model from a bundle (`bundle create`), verified first; "
+                   "no index, the hub off.")
 @json_option
 @pass_app
 def up_command(app: App, model: str | None, profile: str, cuda: str | None, name: str | None,
@@ -58,7 +61,7 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
                torch_version: str | None, index_url: str | None, extra_index_url: str | None,
                find_links: str | None, allow_insecure_index: bool, endpoint: str | None, mirror: str | None,
                local_dir: Path | None, gpu_memory: str | None, prompt: str | None, max_new_tokens: int,
-               yes: bool, dry_run: bool) -> None:
+               yes: bool, dry_run: bool, bundle: Path | None = None) -> None:
     """Run the whole walkthrough: diagnose, profile, toolkit, environment, fit, download, smoke chat.
 
     Each stage is recorded; a rerun after a failure or Ctrl-C resumes at the first stage not done,
@@ -72,6 +75,15 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
         raise UsageError("--name and --prefix are exclusive", hint="give one of them")
     if endpoint and mirror:
         raise UsageError("--endpoint and --mirror are exclusive", hint="give one of them")
+    environ: Mapping[str, str] = app.environ
+    bundle_dir: Path | None = None
+    if bundle is not None:           # verified before the plan; profile "auto" from here on
+        from provisioner.cli.bundle import for_up
+
+        environ, bundle_dir, model, profile = for_up(
+            app, bundle, model, profile, cuda=cuda, python=python_version, torch=torch_version, index_url=index_url,
+            extra_index_url=extra_index_url, find_links=find_links, endpoint=endpoint, mirror=mirror,
+            local_dir=local_dir)
     _check_profile_name(profile, app.environ)
     _check_arguments(model, gpu_memory, app)
     opts = up.UpOptions(model=model, profile=profile, cuda=cuda, name=name, prefix=prefix, quant=quant,
@@ -79,9 +91,10 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
                         index_url=index_url, extra_index_url=extra_index_url, find_links=find_links,
                         allow_insecure_index=allow_insecure_index, endpoint=endpoint, mirror=mirror,
                         local_dir=local_dir, gpu_memory=gpu_memory, prompt=prompt,
-                        max_new_tokens=max_new_tokens, yes=yes)
+                        max_new_tokens=max_new_tokens, yes=yes, bundle=bundle_dir)
     confirm = _confirmer(sys.stdin is not None and sys.stdin.isatty())
-    runner = up.Up(opts, root=app.root, environ=app.environ, say=app.info, confirm=confirm)
+    runner = up.Up(opts, root=app.root, environ=environ, say=app.info, confirm=confirm,
+                   transfer=lambda title: ui.transfer(app, title))
     plan = runner.plan()
     chosen = runner.choose_model()
     for line in chosen.describe():

@@ -50,6 +50,9 @@ def verify_cmd(app: App, env_target: str | None, profile_name: str | None, smoke
             else contextlib.nullcontext():
         facts = verify.gather(root=app.root, environ=app.environ, env_target=env_target, fresh=fresh, smoke=smoke)
         checks = verify.evaluate(facts, root=app.root, environ=app.environ, profile_name=profile_name)
+    if facts.probe_cache and facts.probe_cache.get("hit"):
+        app.info(f"environment facts from the cache (probed {facts.probe_cache['probed_at']}); "
+                 "--fresh probes again")
     if smoke_chat:
         checks += verify.smoke_checks(facts, checks, environ=app.environ, model=model, quant=quant,
                                       prompt=prompt, max_new_tokens=max_new_tokens,

@@ -63,6 +63,8 @@ class Location:
     prefix: Path
     name: str
     conda_name: str | None = None
+    #: the prefix is not known yet (a dry run that ran no conda command): conda names it at build time
+    pending: bool = False
 
 
 class EnvBackend(Protocol):
@@ -167,6 +169,32 @@ class CondaBackend:
         argv = [str(self.exe), "env", "remove", "-y", "-p", str(location.prefix)]
         return Step("remove", f"remove the {self.flavor} environment", tuple(argv), CREATE_TIMEOUT)
 
+    def configured_envs_dir(self, environ: Mapping[str, str], root: Path = Path("/")) -> tuple[Path, str] | None:
+        """Where `conda create -n NAME` goes, read from conda's settings without running it, and
+        which setting said so; None where only `info --json` can tell (then a dry run says so).
+
+        conda only (mamba and micromamba read their own settings): the first entry of CONDA_ENVS_DIRS
+        or CONDA_ENVS_PATH (os.pathsep-separated, ahead of every .condarc), else `envs/` of the
+        installation the executable belongs to (`ROOT/bin/conda`, `ROOT/condabin/conda` beside
+        `ROOT/conda-meta`), when no .condarc sets envs_dirs and conda may write there (else it
+        falls back to ~/.conda/envs). conda's context.py and its "Specify environment directories"
+        docs describe both.
+        """
+        if self.flavor != "conda":
+            return None
+        for var in ("CONDA_ENVS_DIRS", "CONDA_ENVS_PATH"):
+            first = next((p for p in environ.get(var, "").split(os.pathsep) if p.strip()), None)
+            if first:
+                envs = Path(os.path.expandvars(os.path.expanduser(first.strip())))
+                return (envs, var) if _writable_dir(envs) else None
+        installs = [self.exe, Path(os.path.realpath(self.exe))]
+        base = next((exe.parent.parent for exe in installs if exe.parent.name in ("bin", "condabin")
+                     and (exe.parent.parent / "conda-meta").is_dir()), None)
+        if base is None or _condarc_sets_envs_dirs(base, environ, root):
+            return None
+        envs = base / "envs"
+        return (envs, f"the conda installation at {base}") if _writable_dir(envs) else None
+
     def envs_dir(self, environ: Mapping[str, str]) -> Path:
         """Where `-n NAME` puts an environment: the first envs directory `info --json` names."""
         try:
@@ -189,6 +217,39 @@ class CondaBackend:
                 return Path(base) / "envs"
         raise ProvisionError(f"`{self.exe} info --json` did not name an envs directory",
                              hint="pass --prefix PATH instead of --name")
+
+
+def _writable_dir(path: Path) -> bool:
+    """Whether conda could create an environment in `path` (it or its nearest existing parent)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
+def _condarc_sets_envs_dirs(base: Path, environ: Mapping[str, str], root: Path) -> bool:
+    """Whether a .condarc on conda's search path sets envs_dirs (or its alias envs_path)."""
+    import re
+
+    from provisioner.paths import under_root
+
+    home = Path(environ.get("HOME") or Path.home())
+    xdg = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    places = [under_root(root, "/etc/conda"), under_root(root, "/var/lib/conda"), base, xdg / "conda",
+              home / ".config" / "conda", home / ".conda", home]
+    if environ.get("CONDA_PREFIX"):
+        places.append(Path(environ["CONDA_PREFIX"]))
+    files = [d / n for d in places for n in (".condarc", "condarc")]
+    files += [f for d in places for f in sorted((d / "condarc.d").glob("*.yml")) + sorted((d / "condarc.d").glob("*.yaml"))]
+    if environ.get("CONDARC"):
+        files.append(Path(environ["CONDARC"]))
+    key = re.compile(r"^envs_(dirs|path)\s*:", re.M)
+    for f in files:
+        try:
+            if key.search(f.read_text(errors="replace")):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def which(name: str, environ: Mapping[str, str]) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,15 @@ class EnvContext:
     fix_profile: Profile | None = None        # the profile this machine should use (for fixes)
     root: Path = Path("/")
     os_id: tuple[str, ...] = ()
+    #: why this machine cannot check the GPU (a named CUDA build made for another machine): the checks
+    #: that need one skip with this reason, the package and build checks still run
+    on_target: str | None = None
+
+    def target_skip(self, cid: str, what: str, data: Mapping[str, Any]) -> Check:
+        """A GPU check left to the target machine: `what` could not be checked here, and why."""
+        from provisioner.env.choose import ON_TARGET
+
+        return Check(cid, Status.SKIP, f"{what}: {self.on_target}; {ON_TARGET}", None, dict(data))
 
 
 def _pip(ctx: EnvContext) -> str:
@@ -106,7 +115,7 @@ def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Pr
     """env.python, env.torch, env.torch_cuda, env.torch_arch, env.packages, env.bitsandbytes."""
     ctx = ctx or EnvContext(profile=profile)
     if ctx.profile is not profile:
-        ctx = EnvContext(ctx.target, profile, ctx.profile_requested, ctx.fix_profile, ctx.root, ctx.os_id)
+        ctx = replace(ctx, profile=profile)
     where = ctx.target.describe() if ctx.target else "the environment"
     ids = ("env.torch", "env.torch_cuda", "env.torch_arch", "env.packages", "env.bitsandbytes")
     if probe is None:
@@ -227,6 +236,8 @@ def _check_torch_cuda(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvCo
 
     wheel = CudaVersion.parse(str(torch.get("cuda")))
     warnings_text = "\n".join(torch.get("warnings") or []) + "\n" + str(torch.get("cuda_error") or "")
+    if ctx.on_target is not None and not gpus and info.status != "ok":
+        return ctx.target_skip(cid, f"CUDA {wheel.short} build, not run on a GPU here", data)
     if info.status != "ok":
         return Check(cid, Status.WARN,
                      f"CUDA {wheel.short} build, but there is no usable NVIDIA driver: torch runs on the CPU",
@@ -258,6 +269,8 @@ def _check_torch_cuda(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvCo
         suffix, known_fix, known_id = explain(err, profile=fixp.name if fixp else None)
         return Check(cid, Status.FAIL, f"a CUDA kernel failed to run: {err}{suffix}",
                      known_fix or fix, dict(data, known_message=known_id))
+    if ctx.on_target is not None and not gpus:
+        return ctx.target_skip(cid, f"CUDA {wheel.short} build, not run on a GPU here", data)
     n = torch.get("device_count") or 0
     seen = "" if torch.get("pasted") else f"; {n} device(s) visible to torch"
     return Check(cid, Status.OK,
@@ -270,6 +283,9 @@ def _check_torch_arch(torch: Mapping[str, Any], info: gpu.DriverInfo, ctx: EnvCo
     if not torch.get("imported") or torch.get("build") != "cuda":
         return Check(cid, Status.SKIP, "no CUDA build of torch", None, {})
     gpus = [g for g in _gpus(info) if g.cc is not None]
+    if not gpus and ctx.on_target is not None:
+        return ctx.target_skip(cid, "the wheel's architectures against the GPUs",
+                               {"arch_list": list(torch.get("arch_list") or [])})
     if not gpus:
         return Check(cid, Status.SKIP, "no GPU with a known compute capability", None, {})
     archs = list(torch.get("arch_list") or [])
@@ -339,6 +355,11 @@ def _check_bnb(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], bnb: Ma
         return Check(cid, Status.FAIL, f"bitsandbytes {version} does not import: {err}{suffix}",
                      known_fix or reinstall, dict(data, known_message=known_id))
     on_gpu = bool(torch.get("cuda_available")) and bool(_gpus(info))
+    if ctx.on_target is not None and not on_gpu and torch.get("build") == "cuda":
+        data = {k: bnb.get(k) for k in ("version", "backend", "native", "library", "native_error",
+                                        "matmul", "import_seconds")}
+        return ctx.target_skip(cid, f"bitsandbytes {version} imports; its CUDA library and a 4-bit matmul "
+                                    "on the GPU are not run here", data)
     native = bool(bnb.get("native"))
     lib = bnb.get("library") or "?"
     matmul: Mapping[str, Any] = bnb.get("matmul") or {}

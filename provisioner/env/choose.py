@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from provisioner.profiles import Profile
     from provisioner.system.gpu import DriverInfo
 
+#: What checks a named build's GPU needs where this machine cannot (the warning's last words).
+ON_TARGET = "`provision verify` on the target machine checks it"
+
 #: Driver states that mean "no NVIDIA driver on this machine": a CPU build is the right answer.
 #: Any other non-ok state (module not loaded, NVML/RM mismatch, error) is a driver to repair, and
 #: silently falling back to CPU there is what users of other installers complain about.
@@ -104,10 +107,27 @@ class MachineFacts:
 
 
 @dataclass(frozen=True)
+class Unchecked:
+    """What a named CUDA build needs that this machine cannot show (no usable driver, no GPU): built
+    anyway, for the machine it is meant for, where `provision verify` checks it."""
+
+    what: str                 # "profile cu126", "the lock's cu126 build"
+    why: str                  # "no NVIDIA driver/GPU visible here (no libnvidia-ml.so.1 found)"
+    needs: str                # "driver >= 525.60.13 and a GPU of compute capability 5.0-9.x"
+
+    def line(self) -> str:
+        """The one warning line: what could not be checked here, and where it is checked."""
+        return f"{self.why}: {self.what} needs {self.needs}; {ON_TARGET}"
+
+
+@dataclass(frozen=True)
 class Choice:
     profile: Profile
     reasons: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)    # (profile name, why not)
+    unchecked: Unchecked | None = None      # a named CUDA build this machine cannot check
+    #: a named build this machine visibly cannot run, kept (not raised) for a plan that only prints
+    refusal: ProvisionError | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         lines = [f"profile {self.profile.name}: " + "; ".join(self.reasons)]
@@ -116,37 +136,84 @@ class Choice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "reasons": list(self.reasons),
-                "rejected": [{"profile": n, "reason": r} for n, r in self.rejected]}
+                "rejected": [{"profile": n, "reason": r} for n, r in self.rejected],
+                "unchecked": self.unchecked.line() if self.unchecked else None,
+                "refused": self.refusal.message if self.refusal else None}
 
 
 def requirement_problems(facts: MachineFacts, *, cuda: CudaVersion | None,
                          driver_min: DriverVersion | None,
-                         supports_cc: Any = None, wheel: str = "wheel") -> list[str]:
+                         supports_cc: Any = None, wheel: str = "wheel", named: bool = False) -> list[str]:
     """Why a build for `cuda` (None: CPU) cannot run here; empty when it can.
 
     Shared by the profile choice and `--from-lock`, which has only the recorded facts of a profile.
+    `named`: the user named this build (--profile, --cuda, a lock), perhaps for another machine. Then
+    only what this machine shows and contradicts counts (a driver too old, a GPU without kernels);
+    what it cannot show (no usable driver, no GPU) is not a problem but unchecked() (a warning).
     """
     if cuda is None:
         return []
-    if not facts.has_gpu:
+    if not facts.has_gpu and not named:
         if facts.driver_status == "ok":
             return ["the NVIDIA driver reports no GPU"]
         return [f"no usable NVIDIA GPU/driver ({_driver_state(facts)})"]
     problems = []
+    # driver_version is known only from a working driver (status "ok"), with or without a GPU
     if driver_min is not None and facts.driver_version is not None and facts.driver_version < driver_min:
         problems.append(f"needs driver >= {driver_min}, this machine has {facts.driver_version}")
     # Within a major release a newer wheel runs on an older driver of that family (CUDA minor
     # version compatibility; the profile's driver_min carries that floor with its source). Across
     # majors it cannot: a 13.x wheel on a driver that speaks 12.x fails with "driver too old".
-    if (not problems and facts.driver_cuda is not None
+    if (not problems and facts.driver_cuda is not None and facts.driver_status == "ok"
             and cuda.major > facts.driver_cuda.major):
         problems.append(f"a CUDA {cuda.major}.x build needs a CUDA {cuda.major} driver; driver "
                         f"{facts.driver_version or '?'} supports CUDA {facts.driver_cuda.short}")
-    if supports_cc is not None:
+    if supports_cc is not None and facts.driver_status == "ok":
         for g in facts.gpus:
             if g.cc is not None and not supports_cc(g.cc):
                 problems.append(f"its {wheel} has no kernels for {g.sm} ({g.label()})")
     return problems
+
+
+def unchecked(facts: MachineFacts, profile: Profile, *, what: str | None = None) -> Unchecked | None:
+    """What a CUDA `profile` needs that this machine cannot show; None when it shows everything
+    (a usable driver and GPUs) or the build needs nothing (CPU)."""
+    if profile.cuda is None or facts.has_gpu:
+        return None
+    gpu = f"a GPU of compute capability {cc_range(profile)}"
+    if facts.driver_status == "ok":
+        # the driver is here and was checked; only the GPU is missing
+        why, needs = f"NVIDIA driver {facts.driver_version or '?'} reports no GPU here", gpu
+    else:
+        why = f"no NVIDIA driver/GPU visible here ({_driver_state(facts)})"
+        needs = (f"driver >= {profile.driver_min} and {gpu}" if profile.driver_min is not None else gpu)
+    return Unchecked(what or f"profile {profile.name}", why, needs)
+
+
+def cc_range(profile: Profile) -> str:
+    """The compute capabilities a wheel has kernels for, short: "5.0-9.x", "7.5-10.x, 12.0 or newer".
+
+    A cubin for X.Y runs on X.Z with Z >= Y; PTX of P runs on anything >= P (Profile.supports_cc).
+    """
+    lowest: dict[int, int] = {}
+    for major, minor in sorted(profile.compute_capabilities):
+        lowest.setdefault(major, minor)
+    ptx = profile.ptx
+    majors = sorted(m for m in lowest if ptx is None or (m, lowest[m]) < ptx)
+    runs: list[list[int]] = []
+    for m in majors:
+        if runs and m == runs[-1][-1] + 1:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    parts = []
+    for run in runs:
+        first, last = run[0], run[-1]
+        start = f"{first}.{lowest[first]}"
+        parts.append(f"{first}.x" if first == last and lowest[first] == 0 else f"{start}-{last}.x")
+    if ptx is not None:
+        parts.append(f"{ptx[0]}.{ptx[1]} or newer")
+    return ", ".join(parts) or "any"
 
 
 def _driver_state(facts: MachineFacts) -> str:
@@ -155,11 +222,11 @@ def _driver_state(facts: MachineFacts) -> str:
     return facts.driver_status + (f": {facts.driver_error}" if facts.driver_error else "")
 
 
-def profile_problems(profile: Profile, facts: MachineFacts) -> list[str]:
-    """Why `profile` cannot run on this machine; empty when it can."""
+def profile_problems(profile: Profile, facts: MachineFacts, *, named: bool = False) -> list[str]:
+    """Why `profile` cannot run on this machine; empty when it can (see requirement_problems)."""
     return requirement_problems(facts, cuda=profile.cuda, driver_min=profile.driver_min,
                                 supports_cc=profile.supports_cc,
-                                wheel=f"torch {profile.torch} {profile.variant} wheel")
+                                wheel=f"torch {profile.torch} {profile.variant} wheel", named=named)
 
 
 def _newest_first(profiles: Sequence[Profile]) -> list[Profile]:
@@ -177,17 +244,26 @@ def _line(v: CudaVersion | None) -> tuple[int, int] | None:
 
 
 def choose_profile(facts: MachineFacts, profiles: Mapping[str, Profile], *,
-                   requested: str | None = None, cuda: CudaVersion | None = None) -> Choice:
+                   requested: str | None = None, cuda: CudaVersion | None = None,
+                   keep_refusal: bool = False) -> Choice:
     """The profile to build: `requested` by name, the newest of `cuda`'s line, or the best fit.
 
-    Raises ProvisionError (with the reasons) for a request this machine cannot run, or when no
-    profile fits a machine that has a GPU (never a silent CPU fallback).
+    A named profile (`requested`, `cuda`) may be for another machine: where this one shows no usable
+    driver or GPU it is chosen anyway, with Choice.unchecked saying what `provision verify` on the
+    target checks. Raises ProvisionError (with the reasons) where this machine shows that it cannot
+    run the request (a driver too old, a GPU without kernels; with `keep_refusal`, for a plan that
+    only prints, the error is kept in Choice.refusal instead), and when no profile fits a machine
+    that has a GPU (never a silent CPU fallback).
     """
     if requested and requested != "auto":
-        return _requested(facts, profiles, requested)
-    if cuda is not None:
-        return _for_cuda(facts, profiles, cuda)
-    return _auto(facts, profiles)
+        choice = _requested(facts, profiles, requested)
+    elif cuda is not None:
+        choice = _for_cuda(facts, profiles, cuda)
+    else:
+        return _auto(facts, profiles)
+    if choice.refusal is not None and not keep_refusal:
+        raise choice.refusal
+    return choice
 
 
 def _requested(facts: MachineFacts, profiles: Mapping[str, Profile], name: str) -> Choice:
@@ -196,14 +272,15 @@ def _requested(facts: MachineFacts, profiles: Mapping[str, Profile], name: str) 
         known = ", ".join(profiles) or "none"
         raise UsageError(f"no profile named '{name}'",
                          hint=f"known profiles: {known}; or use --profile auto")
-    problems = profile_problems(profile, facts)
+    reasons = [f"requested with --profile {name}"]
+    problems = profile_problems(profile, facts, named=True)
     if problems:
-        raise ProvisionError(f"profile {name} cannot run on this machine: " + "; ".join(problems),
-                             hint=_refusal_hint(facts))
+        return Choice(profile, reasons, refusal=ProvisionError(
+            f"profile {name} cannot run on this machine: " + "; ".join(problems), hint=_refusal_hint(facts)))
     if profile.is_cpu and facts.has_gpu:
         return Choice(profile, [f"requested with --profile {name} (a CPU build although "
                                 f"{len(facts.gpus)} NVIDIA GPU(s) are present)"])
-    return Choice(profile, [f"requested with --profile {name}"])
+    return Choice(profile, reasons, unchecked=unchecked(facts, profile))
 
 
 def _for_cuda(facts: MachineFacts, profiles: Mapping[str, Profile], cuda: CudaVersion) -> Choice:
@@ -216,14 +293,13 @@ def _for_cuda(facts: MachineFacts, profiles: Mapping[str, Profile], cuda: CudaVe
     ranked = _newest_first(line)
     rejected: list[tuple[str, str]] = []
     for p in ranked:
-        problems = profile_problems(p, facts)
+        problems = profile_problems(p, facts, named=True)
         if not problems:
             return Choice(p, [f"requested with --cuda {cuda.short}", *_fit_reasons(p, facts)],
-                          rejected)
+                          rejected, unchecked=unchecked(facts, p))
         rejected.append((p.name, "; ".join(problems)))
-    raise ProvisionError(
-        f"CUDA {cuda.short} cannot run on this machine: {rejected[0][1]}",
-        hint=_refusal_hint(facts))
+    return Choice(ranked[0], [f"requested with --cuda {cuda.short}"], rejected[1:], refusal=ProvisionError(
+        f"CUDA {cuda.short} cannot run on this machine: {rejected[0][1]}", hint=_refusal_hint(facts)))
 
 
 def _auto(facts: MachineFacts, profiles: Mapping[str, Profile]) -> Choice:
@@ -298,7 +374,7 @@ def _fit_reasons(p: Profile, facts: MachineFacts) -> list[str]:
 
 
 def _refusal_hint(facts: MachineFacts) -> str:
-    if not facts.has_gpu:
+    if not facts.has_gpu and facts.driver_status != "ok":
         return "use --profile cpu (or --profile auto) on a machine without a usable NVIDIA GPU"
     return ("upgrade the NVIDIA driver, or pick a profile this machine supports: "
             "--profile auto chooses one; `provision profile list` shows them all")

@@ -62,6 +62,10 @@ def delete_prefix(prefix: Path) -> None:
 def apply_create(plan: CreatePlan, *, environ: Mapping[str, str], progress: Progress | None = None,
                  status: StatusFactory | None = None) -> EnvResult:
     """Run the plan: create, install, verify; mark complete and write the lock only at the end."""
+    plan.require_runnable()
+    if plan.location.pending:
+        raise ProvisionError("a dry run's plan cannot be applied: conda has not named the envs directory",
+                             hint="plan again without dry_run")
     say = progress or (lambda _msg: None)
     start = time.monotonic()
     prefix = plan.prefix
@@ -257,8 +261,10 @@ def env_checks(plan: CreatePlan, environ: Mapping[str, str]) -> list[Check]:
     info = plan.facts.driver or gpu.DriverInfo(status=plan.facts.driver_status,
                                                error=plan.facts.driver_error)
     probe, problem = envprobe.run(target, environ)
+    # a named CUDA build on a machine without a usable driver/GPU: the GPU checks are the target's
     ctx = env_checks_mod.EnvContext(target=target, profile=plan.profile, profile_requested=True,
-                            fix_profile=plan.profile, root=plan.root)
+                                    fix_profile=plan.profile, root=plan.root,
+                                    on_target=plan.unchecked.why if plan.unchecked else None)
     return env_checks_mod.check_env(probe, info, plan.profile, ctx=ctx, probe_error=problem)
 
 

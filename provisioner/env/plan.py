@@ -19,7 +19,7 @@ from provisioner.env.sources import check_url, find_local_wheels, local_dir, pin
 from provisioner.errors import ProvisionError, UsageError
 
 if TYPE_CHECKING:
-    from provisioner.env.choose import Choice, MachineFacts
+    from provisioner.env.choose import Choice, MachineFacts, Unchecked
     from provisioner.profiles import Profile
 
 
@@ -43,6 +43,9 @@ class CreateOptions:
     from_lock: Path | None = None
     force: bool = False
     repair: bool = False                 # rebuild provision's own half-built or damaged env (what `up` does)
+    #: --dry-run: the plan only prints, so it runs no conda command (conda's envs directory comes from
+    #: its settings, or is left to the build) and keeps a refusal for after the plan is shown
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,24 @@ class CreatePlan:
     notes: tuple[str, ...] = ()
     from_lock: Path | None = None
     root: Path = Path("/")
+    #: a named CUDA build this machine cannot check (no usable driver/GPU): built anyway, with a warning
+    unchecked: Unchecked | None = None
+    #: a dry run's plan of a named build this machine visibly cannot run: raised once it is shown
+    refusal: ProvisionError | None = None
 
     @property
     def prefix(self) -> Path:
         return self.location.prefix
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line each, for stderr: what could not be checked here, and where it is checked."""
+        return (self.unchecked.line(),) if self.unchecked is not None else ()
+
+    def require_runnable(self) -> None:
+        """Raise the refusal a dry run kept (a real run raises it before planning anything)."""
+        if self.refusal is not None:
+            raise self.refusal
 
     def describe(self) -> str:
         loc = self.location
@@ -86,6 +103,8 @@ class CreatePlan:
             built = (self.existing or {}).get("completed") or "earlier"
             return (f"Environment {where} is up to date: profile {self.profile.name}, "
                     f"{' '.join(self.torch_requirements)}, built {built}. Nothing to do.")
+        if loc.pending:
+            where = f"conda env '{loc.conda_name}' in {self.backend}'s envs directory"
         lines = [f"Environment: {where} ({self.backend}"
                  + (", replacing the existing one)" if self.action == "replace" else ", new)"),
                  f"Machine:     {self.facts.summary()}"]
@@ -115,7 +134,7 @@ class CreatePlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
-            "prefix": str(self.prefix),
+            "prefix": None if self.location.pending else str(self.prefix),
             "name": self.location.name,
             "conda_name": self.location.conda_name,
             "backend": self.backend,
@@ -135,20 +154,36 @@ class CreatePlan:
                         "find_links": list(self.find_links)},
             "steps": [s.to_dict() for s in self.steps],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            "refused": self.refusal.message if self.refusal is not None else None,
         }
 
 
-def _location(options: CreateOptions, backend: EnvBackend, environ: Mapping[str, str]) -> Location:
+def _location(options: CreateOptions, backend: EnvBackend, environ: Mapping[str, str],
+              root: Path = Path("/")) -> tuple[Location, list[str]]:
+    """Where the environment goes, and a note when a dry run could not ask conda."""
     if options.prefix is not None and options.name is not None:
         raise UsageError("--name and --prefix name the environment twice",
                          hint="pass one of them")
     if options.prefix is not None:
         prefix = expand_path(options.prefix, environ)
-        return Location(prefix, prefix.name)
+        return Location(prefix, prefix.name), []
     name = check_name(options.name or DEFAULT_NAME)
-    if isinstance(backend, CondaBackend):
-        return Location(backend.envs_dir(environ) / name, name, conda_name=name)
-    return Location(default_prefix(name, environ), name)
+    if not isinstance(backend, CondaBackend):
+        return Location(default_prefix(name, environ), name), []
+    if not options.dry_run:
+        return Location(backend.envs_dir(environ) / name, name, conda_name=name), []
+    # A dry run runs no conda command: conda's own settings name the envs directory, or the build will.
+    ask = f"`{backend.flavor} info --json`"
+    found = backend.configured_envs_dir(environ, root)
+    if found is not None:
+        envs, source = found
+        return Location(envs / name, name, conda_name=name), [
+            f"{backend.flavor}'s envs directory {envs} is read from {source} (a dry run runs no "
+            f"{backend.flavor} command); the build asks {ask}"]
+    return Location(Path(f"<{backend.flavor} envs dir>") / name, name, conda_name=name, pending=True), [
+        f"a dry run runs no {backend.flavor} command, so the build asks {ask} for the envs directory "
+        f"(shown as <{backend.flavor} envs dir>), and checks there whether '{name}' exists already"]
 
 
 def _existing(location: Location, environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -180,6 +215,8 @@ class ProfileSource:
     profile: Profile
     choice: Choice | None
     lock: lockmod.Lock | None
+    unchecked: Unchecked | None = None          # what this machine cannot check (the warning)
+    refusal: ProvisionError | None = None       # kept for a dry run, raised after its plan
 
 
 @dataclass(frozen=True)
@@ -204,7 +241,12 @@ class Sources:
 
 def resolve_profile(options: CreateOptions, facts: MachineFacts, environ: Mapping[str, str],
                     profiles: Mapping[str, Profile] | None) -> ProfileSource:
-    """--from-lock (refused where this machine cannot run it), else --profile / --cuda / auto."""
+    """--from-lock, else --profile / --cuda / auto.
+
+    A lock or a named profile may be for another machine: where this one shows no usable driver or
+    GPU it is planned with a warning (ProfileSource.unchecked); where it shows the build cannot run
+    (a driver too old, a GPU without kernels) it is refused, after the plan in a dry run.
+    """
     from provisioner import profiles as profmod
     from provisioner.env import choose
     from provisioner.versions import CudaVersion
@@ -214,16 +256,22 @@ def resolve_profile(options: CreateOptions, facts: MachineFacts, environ: Mappin
             raise UsageError("--from-lock rebuilds exactly what the lock says",
                              hint="drop --profile, --cuda and --torch, or drop --from-lock")
         lock_file = lockmod.read(expand_path(options.from_lock, environ))
-        problems = lockmod.check_runnable(lock_file, facts)
+        profile = lock_file.as_profile()
+        problems = choose.profile_problems(profile, facts, named=True)
+        refusal = None
         if problems:
-            raise ProvisionError(
+            refusal = ProvisionError(
                 f"{lock_file.path} is a {lock_file.variant} build of profile {lock_file.profile_name} "
                 f"that this machine cannot run: " + "; ".join(problems),
                 hint="rebuild for this machine with `provision env create --profile auto` "
                      "(the lock's package versions are kept in its 'packages' section)")
+            if not options.dry_run:
+                raise refusal
         if lock_file.pylock is not None:
             check_reference(lock_file.pylock, lock_file.pylock_sha256, lock_file.path)
-        return ProfileSource(lock_file.as_profile(), None, lock_file)
+        gap = None if refusal else choose.unchecked(
+            facts, profile, what=f"the lock's {lock_file.variant} build (profile {lock_file.profile_name})")
+        return ProfileSource(profile, None, lock_file, gap, refusal)
     cuda = CudaVersion.parse(options.cuda) if options.cuda else None
     requested = options.profile if options.profile not in (None, "", "auto") else None
     if requested and cuda is not None:
@@ -231,8 +279,8 @@ def resolve_profile(options: CreateOptions, facts: MachineFacts, environ: Mappin
     if requested and profiles is None:
         profmod.get(requested, environ)     # a broken user profile of that name is an error, not skipped
     choice = choose.choose_profile(facts, profiles if profiles is not None else profmod.load_all(environ),
-                                   requested=requested, cuda=cuda)
-    return ProfileSource(choice.profile, choice, None)
+                                   requested=requested, cuda=cuda, keep_refusal=options.dry_run)
+    return ProfileSource(choice.profile, choice, None, choice.unchecked, choice.refusal)
 
 
 def python_version(options: CreateOptions, source: ProfileSource) -> tuple[str, list[str]]:
@@ -467,11 +515,11 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     torch_reqs, package_reqs = requirements(options, source)
     sources = wheel_sources(options, source, torch_reqs, version, environ)
     installer, backend, interpreter, tool_notes = tools(options, version, environ)
-    location = _location(options, backend, environ)
+    location, where_notes = _location(options, backend, environ, root)
     python = backend.python(location.prefix)
     spec = {"profile": source.profile.name, "python": version, "torch": list(torch_reqs),
             "packages": list(package_reqs), "backend": backend.name}
-    existing = _existing(location, environ)
+    existing = None if location.pending else _existing(location, environ)
     building = existing is not None and existing.get("status") != "complete" and is_building_now(
         location.prefix, environ)
     damage: list[str] = []
@@ -494,8 +542,9 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
         torch_source=sources.torch_source, torch_index_url=sources.torch_index, local_wheels=sources.local,
         index_url=sources.env_index, extra_index_urls=sources.extra,
         find_links=sources.all_links if uv else sources.links, steps=steps, spec=spec, options=options,
-        existing=existing, notes=tuple(notes + tool_notes),
+        existing=existing, notes=tuple(notes + tool_notes + where_notes),
         from_lock=source.lock.path if source.lock else None, root=root,
+        unchecked=source.unchecked, refusal=source.refusal,
     )
 
 

@@ -2,9 +2,11 @@
 
 huggingface_hub reads its settings once, when it is first imported, so the hub work runs in a child
 interpreter, `python -m provisioner.model.hub_worker`, started through proc.run with exactly the
-environment this module computed (endpoint set, xet off). The parent (this module) plans (file list,
-sizes, data hosts, disk space), renders and explains failures; the child talks to the hub, writes a
-JSON result file, and keeps partial weight files so the next run resumes them (see hub_worker).
+environment this module computed (endpoint set, xet off, the library's own progress bars off). The
+parent (this module) plans (file list, sizes, data hosts, disk space), renders and explains failures;
+the child talks to the hub, writes a JSON result file, reports each file's progress as JSON lines on its
+stdout (handed to apply's `on_progress`, which the CLI draws), and keeps partial weight files so the
+next run resumes them (see hub_worker).
 
 Xet is always off here (HF_HUB_DISABLE_XET=1): the hf_xet client ignores HF_ENDPOINT
 (huggingface/xet-core#470) and restarts failed transfers from zero (huggingface_hub#3648); plain
@@ -21,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from provisioner import proc
@@ -43,6 +45,9 @@ MIRRORS: dict[str, str] = {
 #: Long enough for tens of GB on a slow line; Ctrl-C stops it sooner and the next run resumes.
 DOWNLOAD_TIMEOUT = 48 * 3600
 API_TIMEOUT = 300
+#: What apply() reports a transfer through, as often as the worker sends it (about 10 times a second
+#: per file): `on_progress(file, bytes_done, bytes_total)`; `done == total` once the file is in place.
+Progress = Callable[[str, int, Optional[int]], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,10 +163,11 @@ class DownloadResult:
 
 
 def worker_env(environ: Mapping[str, str], endpoint: Endpoint) -> dict[str, str]:
-    """The child's environment: the endpoint pinned, xet off, and this provisioner importable."""
+    """The child's environment: the endpoint pinned, xet and tqdm bars off, and this provisioner importable."""
     env = dict(environ)
     env["HF_ENDPOINT"] = endpoint.url
     env["HF_HUB_DISABLE_XET"] = "1"
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"     # the parent draws progress from the worker's events
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, environ.get("PYTHONPATH", "")) if p)
@@ -190,7 +196,7 @@ def plan_download(model: str, *, revision: str | None = None, local_dir: Path | 
     _check_writable(target)
     doc = _run_worker({"op": "plan", "repo": model, "revision": rev, "include_all": include_all,
                        "target": str(target), "local_dir": is_local},
-                      env=env, endpoint=ep, repo=model, revision=rev, live=False, timeout=API_TIMEOUT)
+                      env=env, endpoint=ep, repo=model, revision=rev, timeout=API_TIMEOUT)
     commit = doc["commit"]
     todo: list[RepoFile] = []
     present: list[RepoFile] = []
@@ -262,15 +268,16 @@ def _check_space(model: str, target: Path, need: int, free: int) -> None:
                  "(or set HF_HUB_CACHE)")
 
 
-def apply(plan: DownloadPlan) -> DownloadResult:
-    """Fetch the plan's files (progress bars on stderr); Ctrl-C keeps partial files for the next run."""
+def apply(plan: DownloadPlan, on_progress: Progress | None = None) -> DownloadResult:
+    """Fetch the plan's files, reporting each one's bytes to `on_progress`; Ctrl-C keeps partial files
+    for the next run."""
     path = plan.path
     if plan.files:
         request = {"op": "fetch", "repo": plan.repo_id, "revision": plan.revision, "commit": plan.commit,
                    "target": str(plan.target), "local_dir": plan.local_dir,
                    "files": [f.__dict__ for f in plan.files]}
         doc = _run_worker(request, env=plan.env, endpoint=plan.endpoint, repo=plan.repo_id, revision=plan.revision,
-                          live=True, timeout=DOWNLOAD_TIMEOUT)
+                          timeout=DOWNLOAD_TIMEOUT, on_progress=on_progress)
         path = Path(doc["path"])
     return DownloadResult(path=path, files=len(plan.files) + len(plan.present), bytes=plan.need_bytes)
 
@@ -292,7 +299,7 @@ def find_cached_snapshot(repo_id: str, *, revision: str | None, environ: Mapping
     ep = Endpoint(DEFAULT_ENDPOINT, "default")     # a cache question: no endpoint is asked (or checked)
     rev = revision or "main"
     doc = _run_worker({"op": "cached", "repo": repo_id, "revision": rev, "cache_dir": str(cache)},
-                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev, live=False,
+                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev,
                       timeout=API_TIMEOUT, mirror_option=False)
     return Path(doc["snapshot"]) if doc["snapshot"] else None
 
@@ -313,7 +320,7 @@ def fetch_model(repo_id: str, *, revision: str | None, environ: Mapping[str, str
     ep = resolve_endpoint(environ=environ)
     rev = revision or "main"
     doc = _run_worker({"op": "model", "repo": repo_id, "revision": rev, "cache_dir": str(hf_cache_dir(environ))},
-                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev, live=False,
+                      env=worker_env(environ, ep), endpoint=ep, repo=repo_id, revision=rev,
                       timeout=API_TIMEOUT, mirror_option=False)
     tensors = doc["tensors"]
     return HubModel(Path(doc["config"]),
@@ -322,14 +329,29 @@ def fetch_model(repo_id: str, *, revision: str | None, environ: Mapping[str, str
                     doc["tensors_problem"], ep.url)
 
 
+def _events(on_progress: Progress | None) -> Callable[[str], None]:
+    """The worker's stdout, line by line: each progress event `{"file", "done", "total"}` to `on_progress`."""
+    def line(text: str) -> None:
+        try:
+            event = json.loads(text)
+            name, done, total = str(event["file"]), int(event["done"]), event["total"]
+            total = None if total is None else int(total)
+        except (ValueError, TypeError, KeyError):
+            return                        # not an event (the worker sends nothing else there)
+        if on_progress is not None:
+            on_progress(name, done, total)
+    return line
+
+
 def _run_worker(request: dict[str, Any], *, env: Mapping[str, str], endpoint: Endpoint, repo: str, revision: str,
-                live: bool, timeout: float, mirror_option: bool = True) -> dict[str, Any]:
+                timeout: float, mirror_option: bool = True, on_progress: Progress | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="provision-hub-") as tmp:
         result = Path(tmp) / "result.json"
         request = {**request, "endpoint": endpoint.url, "result": str(result)}
         try:
+            # stdout carries only progress events (read as they come); stderr is kept for the error tail.
             done = proc.run([sys.executable, "-m", "provisioner.model.hub_worker"], input=json.dumps(request), env=env,
-                            timeout=timeout, check=False, capture=not live)
+                            timeout=timeout, check=False, on_line=_events(on_progress))
         except KeyboardInterrupt:
             raise Interrupted("download interrupted",
                               hint="run the same command again: it resumes from the bytes already on disk") from None

@@ -3,7 +3,9 @@
 huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, when it is first imported
 (huggingface_hub/constants.py), so it runs in a child interpreter started by provisioner.model.download with
 exactly the environment the parent computed. It reads one JSON request on stdin and writes a JSON result
-file; a known failure is `{"error": {"kind", "status", "message"}}` for the parent to explain.
+file; a known failure is `{"error": {"kind", "status", "message"}}` for the parent to explain. While it
+fetches, its stdout carries progress events, one JSON line `{"file", "done", "total"}` each, for the
+parent to draw (huggingface_hub's own tqdm bars are off: HF_HUB_DISABLE_PROGRESS_BARS=1, set by the parent).
 
 Only the package's public API is used (supported: huggingface_hub >=1.0,<3, see setup.cfg): cache
 questions go to `try_to_load_from_cache` and `hf_hub_download(dry_run=True)`, exact parameter counts
@@ -28,11 +30,36 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from provisioner.model.hub import (COMMIT_HASH, Endpoint, RepoFile, data_host_verdict, partial_path,
                                    repo_cache_folder, select_files)
+
+
+class _Progress:
+    """Progress events for the parent, one JSON line each on a channel nothing else writes to (see
+    _worker_main): at most one per file every INTERVAL seconds, plus the final one, so that a fast
+    line does not flood the pipe. Only the final event says `done == total`: the file is in place."""
+
+    INTERVAL = 0.1
+
+    def __init__(self) -> None:
+        self.out: TextIO | None = None
+        self._sent: dict[str, float] = {}
+
+    def __call__(self, name: str, done: int, total: int, *, final: bool = False) -> None:
+        if self.out is None:
+            return
+        now = time.monotonic()
+        if not final and (done >= total or now - self._sent.get(name, float("-inf")) < self.INTERVAL):
+            return
+        self._sent[name] = now
+        self.out.write(json.dumps({"file": name, "done": done, "total": total}) + "\n")
+        self.out.flush()
+
+
+_progress = _Progress()
 
 
 class _HostError(Exception):
@@ -158,11 +185,10 @@ def _append_range(url: str, partial: Path, size: int, headers: Mapping[str, str]
     next run resumes from, even after SIGKILL. A dropped connection is resumed in place.
     """
     from huggingface_hub import constants, get_session, hf_raise_for_status
-    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
 
     failures = 0
-    with partial.open("ab", buffering=0) as fh, tqdm(  # type: ignore[no-untyped-call]
-            total=size, initial=fh.tell(), unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
+    with partial.open("ab", buffering=0) as fh:
+        _progress(label, fh.tell(), size)
         while fh.tell() < size:
             start = fh.tell()
             ask = {**headers, "Range": f"bytes={start}-"} if start else dict(headers)
@@ -173,10 +199,9 @@ def _append_range(url: str, partial: Path, size: int, headers: Mapping[str, str]
                     if start and response.status_code != 206:   # the server ignored the range: start over
                         fh.seek(0)
                         fh.truncate()
-                        bar.reset(total=size)
                     for chunk in response.iter_bytes():
                         fh.write(chunk)
-                        bar.update(len(chunk))
+                        _progress(label, fh.tell(), size)
                         failures = 0
                 break         # the body ended: complete, or short (said below), never asked again
             except Exception as e:
@@ -188,7 +213,8 @@ def _append_range(url: str, partial: Path, size: int, headers: Mapping[str, str]
             raise _IntegrityError(f"{label}: the server sent {fh.tell()} bytes, the hub lists {size}")
 
 
-def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -> None:
+def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -> int:
+    """Fetch (or resume) weight file `f` into its place; its size."""
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     repo, endpoint = req["repo"], req["endpoint"]
@@ -216,6 +242,7 @@ def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -
         # The blob the cache would hold; hf_hub_download then only links it into the snapshot.
         dest = repo_cache_folder(target, repo) / "blobs" / f.sha256  # type: ignore[operator]
     os.replace(partial, dest)
+    return size
 
 
 def _op_fetch(req: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,9 +256,14 @@ def _op_fetch(req: Mapping[str, Any]) -> dict[str, Any]:
     folder = target
     for f in files:
         if f.sha256:
-            _fetch_lfs(req, f, target, local)
+            size = _fetch_lfs(req, f, target, local)
+        else:
+            _progress(f.path, 0, f.size)      # a small file comes whole: its bar starts and ends
         # For a fetched weight file this only links it (cache) or records its etag (local dir).
         path = hf_hub_download(repo, f.path, revision=commit, endpoint=endpoint, **where)
+        if not f.sha256:
+            size = os.path.getsize(path)
+        _progress(f.path, size, size, final=True)
         folder = Path(path).parents[f.path.count("/")]      # the snapshot (or local) folder
     if files and not local and not COMMIT_HASH.match(revision):
         # Record the branch (refs/<revision>) the library's way: asked by branch, it writes the ref and
@@ -287,6 +319,10 @@ _OPS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"plan": _op_pl
 
 
 def _worker_main() -> int:
+    # stdout becomes the progress channel alone: a private copy of it carries the events, and fd 1
+    # (anything else that prints) goes to stderr, so no stray print can corrupt an event line.
+    _progress.out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     req = json.loads(sys.stdin.read())
     result = Path(req["result"])
     try:

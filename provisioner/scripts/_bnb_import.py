@@ -1,14 +1,17 @@
-"""Import bitsandbytes without paying for torch.compile at import time (run by the target env's python).
+"""Import bitsandbytes without building torch.compile wrappers at import time (run by the target env's python).
 
 bitsandbytes 0.46+ wraps several of its default kernels in `torch.compile(...)` as it is imported
 (`_try_torch_compile` in bitsandbytes/backends/default/ops.py). Building those wrappers imports
-torch._dynamo and torch._inductor: 1.7 s of a 1.75 s `import bitsandbytes` on the 2-core CI kind
-(`python -X importtime`), more than importing torch itself. Compiling only ever happens at a
-wrapper's first call, and bitsandbytes falls back to the plain function on any compile error,
-whether torch.compile raises when the wrapper is built or when it is called. So handing it a
-wrapper that calls the real torch.compile on first use changes no result; it only moves the
-torch._dynamo import to the first call of a compiled kernel (none, for 4-bit inference on the
-CPU backend or with the CUDA library). Standard library only at module level, like its siblings.
+torch._dynamo and torch._inductor: `import bitsandbytes` took 1.75 s on the 2-core CI kind
+(`python -X importtime`), more than importing torch. torch._dynamo is imported anyway at the first
+call of any bitsandbytes op (torch.library wraps a custom op's Python kernel in
+torch._disable_dynamo, which imports it then), so that second stays, in the probe as in the user's
+own 4-bit load; torch._inductor (about 0.7 s) is needed only when something is really compiled.
+Compiling only ever happens at a wrapper's first call, and bitsandbytes falls back to the plain
+function on any compile error, whether torch.compile raises when the wrapper is built or when it is
+called. So a wrapper that calls the real torch.compile at its first use changes no result; where
+nothing is compiled (4-bit inference with the CPU backend or the CUDA library) it saves the
+inductor import. Standard library only at module level, like its siblings.
 """
 from __future__ import annotations
 

@@ -8,24 +8,26 @@ from typing import TYPE_CHECKING, Any
 from provisioner.errors import ProvisionError
 from provisioner.up import choose
 from provisioner.up.records import Records
-from provisioner.up.stages import PIPELINE
+from provisioner.up.stages import PIPELINE, no_transfer
 from provisioner.up.types import NO_GPU, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpResult, UpState, UpSummary
 
 if TYPE_CHECKING:
     from provisioner.facts import Facts
     from provisioner.model.choice import ModelChoice
+    from provisioner.up.stages import Transfer
 
 
 class Up:
     """Runs the stages in order; every stage calls the same code its own command uses."""
 
     def __init__(self, opts: UpOptions, *, root: Path, environ: Mapping[str, str],
-                 say: Say, confirm: Confirm) -> None:
+                 say: Say, confirm: Confirm, transfer: Transfer = no_transfer) -> None:
         self.o = opts
         self.root = root
         self.environ = environ
         self.say = say
         self.confirm = confirm
+        self.transfer = transfer
         self.records = Records(environ)
         self.outcomes: list[StageOutcome] = []
         self.state = UpState()

@@ -2,10 +2,11 @@
 same code as its own command."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
 from provisioner.cuda import command_line
 from provisioner.errors import PermissionDenied, ProvisionError
@@ -15,8 +16,18 @@ from provisioner.up.records import Records, fingerprint
 from provisioner.up.types import CONFIRM_DOWNLOAD_BYTES, Confirm, Say, StageFailed, StageOutcome, UpOptions, UpState
 
 if TYPE_CHECKING:
+    from provisioner.env.choose import Choice
     from provisioner.facts import Facts
     from provisioner.model.choice import ModelChoice
+    from provisioner.model.download import Progress
+
+#: Opens a download's progress display: `with up.transfer(title) as update:` (the CLI's ui.transfer).
+Transfer = Callable[[str], ContextManager["Progress | None"]]
+
+
+def no_transfer(title: str) -> ContextManager[None]:
+    """No progress display (the default of Up)."""
+    return contextlib.nullcontext()
 
 
 def is_local_model(model: str) -> bool:
@@ -47,6 +58,7 @@ class Run(Protocol):
     environ: Mapping[str, str]
     say: Say
     confirm: Confirm
+    transfer: Transfer
     records: Records
     state: UpState
     did_work: bool
@@ -96,6 +108,9 @@ class ChooseProfile(Stage):
     name, title = "profile", "choose the profile"
 
     def status(self, up: Run) -> tuple[str, str]:
+        planned = _named_choice(up)
+        if planned is not None and planned.unchecked is not None:
+            return "warn", f"{planned.profile.name}, as named; warning: {planned.unchecked.line()}"
         return "check", f"{self.title} (cheap; always re-checked)"
 
     def run(self, up: Run) -> StageOutcome:
@@ -104,14 +119,24 @@ class ChooseProfile(Stage):
         from provisioner.versions import CudaVersion
 
         assert up.state.machine is not None
+        if up.o.bundle is not None:
+            from provisioner.up import from_bundle
+
+            return from_bundle.choose_profile(up, self.name)
         cuda = CudaVersion.parse(up.o.cuda) if up.o.cuda else None
         requested = None if up.o.profile in (None, "", "auto") else up.o.profile
         choice = choose.choose_profile(up.state.machine, profiles.load_all(up.environ),
                                        requested=requested, cuda=cuda)
         up.state.profile = choice.profile
-        return StageOutcome(self.name, "done", f"{choice.profile.name}: {'; '.join(choice.reasons)}",
-                            {"profile": choice.profile.name, "reasons": list(choice.reasons),
-                             "rejected": [list(r) for r in choice.rejected]})
+        data = {"profile": choice.profile.name, "reasons": list(choice.reasons),
+                "rejected": [list(r) for r in choice.rejected]}
+        message = f"{choice.profile.name}: {'; '.join(choice.reasons)}"
+        if choice.unchecked is not None:
+            # named for another machine: built here, checked there. The plan's row (printed before
+            # every run) holds the one warning line; this line points back at it.
+            return StageOutcome(self.name, "warn", f"{message}; not checked on this machine (the plan's warning)",
+                                dict(data, unchecked=choice.unchecked.line()))
+        return StageOutcome(self.name, "done", message, data)
 
 
 class Toolkit(Stage):
@@ -180,6 +205,10 @@ class Environment(Stage):
         profile, o = up.state.profile, up.o
         assert profile is not None
         prefix = env_prefix(o, up.environ)
+        if o.bundle is not None:
+            from provisioner.up import from_bundle
+
+            return from_bundle.environment(up, self.name, prefix)
         inputs = up.state.inputs[self.name] = fingerprint(
             str(prefix), profile.name, o.torch, o.index_url, o.extra_index_url, o.find_links, o.backend, o.python)
         if envmod.env_status(prefix, up.environ) == "building":
@@ -280,7 +309,8 @@ class Download(Stage):
         size = plan.need_bytes
         if size > CONFIRM_DOWNLOAD_BYTES and not o.yes and not up.confirm(f"Download {gib(size)} of {model}?"):
             raise up.fail(self.name, inputs, "download declined", "re-run with --yes to download")
-        path = download.apply(plan).path
+        with up.transfer(plan.repo_id) as update:
+            path = download.apply(plan, on_progress=update).path
         up.did_work = True
         up.state.model_path = Path(path)
         up.records.done(self.name, inputs, {"path": str(path), "bytes": size})
@@ -291,6 +321,9 @@ class Smoke(Stage):
     name, title = "smoke", "smoke-test chat"
 
     def status(self, up: Run) -> tuple[str, str]:
+        elsewhere = needs_target_gpu(up)
+        if elsewhere is not None:
+            return "skipped", elsewhere
         if (up.records.stages.get(self.name) or {}).get("status") == "done":
             return "done", "passed before (re-run when the environment, model or precision changes)"
         return "todo", self.title
@@ -298,6 +331,9 @@ class Smoke(Stage):
     def run(self, up: Run) -> StageOutcome:
         from provisioner.model import smoke
 
+        elsewhere = needs_target_gpu(up)
+        if elsewhere is not None:
+            return StageOutcome(self.name, "skipped", elsewhere, {"needs_target_gpu": True})
         st = up.state
         assert st.env is not None and st.model_path is not None and st.quant is not None
         inputs = up.state.inputs[self.name] = fingerprint(
@@ -324,6 +360,40 @@ class Smoke(Stage):
         up.records.done(self.name, inputs, data)
         st.smoke = data
         return StageOutcome(self.name, "ran", f"reply {data.get('reply', '')!r}", data)
+
+
+def _named_choice(up: Run) -> Choice | None:
+    """The profile stage's choice of a named profile (--profile, --cuda), for the plan before that
+    stage runs; None for auto, or where the profile stage will refuse (it says why)."""
+    from provisioner import profiles
+    from provisioner.env import choose
+    from provisioner.versions import CudaVersion
+
+    requested = None if up.o.profile in (None, "", "auto") else up.o.profile
+    if requested is None and not up.o.cuda:
+        return None
+    try:
+        return choose.choose_profile(up.machine().machine(), profiles.load_all(up.environ), requested=requested,
+                                     cuda=CudaVersion.parse(up.o.cuda) if up.o.cuda else None)
+    except ProvisionError:
+        return None
+
+
+def needs_target_gpu(up: Run) -> str | None:
+    """Why the smoke chat is left to the target machine: a CUDA profile named for it (--profile,
+    --cuda) on a machine without a usable driver/GPU. A chat on this CPU would test neither the
+    target's GPU nor bitsandbytes' CUDA library; None when the chat runs here."""
+    from provisioner.env import choose
+
+    if up.state.machine is not None and up.state.profile is not None:
+        gap = choose.unchecked(up.state.machine, up.state.profile)
+    else:
+        planned = _named_choice(up)
+        gap = planned.unchecked if planned is not None else None
+    if gap is None:
+        return None
+    return (f"not run here: the smoke chat of {gap.what} needs the target's GPU ({gap.why}); on the target "
+            f"machine run `provision verify`, then `provision up` with the same options")
 
 
 #: The walkthrough, in order (STAGES names the same stages for the plan and the records).

@@ -46,6 +46,7 @@ class UpOptions:
     gpu_memory: str | None = None      # GiB as text, or "auto"
     prompt: str | None = None
     max_new_tokens: int = 64
+    bundle: Path | None = None         # a bundle folder (`up --bundle`): profile, env and model from it, offline
 
 
 @dataclass

@@ -20,7 +20,8 @@ from provisioner.cli import LAZY_COMMANDS, main
 #: Commands that change the machine or start long work run with --dry-run (or not at all): the fuzz is
 #: about argument handling, not about building environments on random input.
 DRY = {("up",), ("env", "create"), ("env", "remove"), ("cuda", "switch"), ("cuda", "rollback"),
-       ("cuda", "install"), ("model", "download"), ("cuda", "shell-init")}
+       ("cuda", "install"), ("model", "download"), ("cuda", "shell-init"), ("serve",),
+       ("bundle", "create")}
 SKIP = {("chat",), ("report",)}         # an interactive REPL; report writes files (tested on its own)
 ODD = ["", " ", "-1", "0", "1e30", "nan", "../x", "a/b.", "cu126", "12.6", "99.9", "auto", "none", "é", "\t",
        "x" * 300, "--", "Qwen/Qwen2.5-7B-Instruct", "tests/fixtures/tiny-qwen2", "/dev/null", "-", "3.7"]

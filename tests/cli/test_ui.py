@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from provisioner import units
 from provisioner.cli import main, ui
 from provisioner.cli.app import App
 from provisioner.profiles import bundled_dir
+from tests.hubserver import HubServer, Repo
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
@@ -170,8 +172,47 @@ def test_helpers_draw_on_a_terminal_but_not_under_json(monkeypatch: pytest.Monke
     shown = screen.getvalue()
     assert "assembling /usr/local/cuda-13.0\n" in shown           # the line itself, above the spinner
     assert "assembling /usr/local/cuda-13.0 ..." in shown          # and as the spinner's text
-    assert "Qwen/Qwen3-8B\n" in shown and "model.safetensors" in shown and "0.5/1.0 kB" in shown
+    assert "Qwen/Qwen3-8B\n" in shown and "model.safetensors" in shown and "0.5/1.0 KiB" in shown
     assert colours(shown) == set()
+
+
+# ---------------------------------------------------------------------------- download progress
+
+def test_a_download_draws_rich_bars_on_a_terminal_and_one_line_per_file_elsewhere(tmp_path: Path, hub: HubServer,
+                                                                                  hub_repo: Repo) -> None:
+    """`model download` against the local hub: on a terminal one rich bar per file and none of
+    huggingface_hub's tqdm bars; in a pipe one `downloaded NAME (SIZE)` line per file and no `\\r`;
+    under --json, on a terminal too, stdout is the one document and no bar is drawn."""
+    env = environ(tmp_path)
+    env.pop("HF_HUB_OFFLINE", None)           # the suite's guard; this talks to 127.0.0.1 only
+    wanted = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+              "merges.txt", "chat_template.jinja", "model.safetensors")
+    sizes = {name: len(hub_repo.files[name]) for name in wanted}
+
+    def download(into: str) -> list[str]:
+        return ["model", "download", "acme/tiny-qwen2", "--endpoint", hub.url, "--local-dir", str(tmp_path / into)]
+
+    code, out, err = on_terminal(download("tty"), env)
+    assert code == 0, err
+    assert "\x1b[?25l" in err and "%|" not in err                  # rich's live display; no tqdm bar
+    bars = {line.split()[0]: line for line in plain_lines(err) if "━" in line}
+    assert set(bars) == set(wanted)
+    number, unit = units.human_bytes(sizes["model.safetensors"]).split()
+    assert f"{number}/{number} {unit}" in bars["model.safetensors"]
+    assert out == f"acme/tiny-qwen2: 8 file(s) in {tmp_path / 'tty'}\n"
+
+    done = piped(download("pipe"), env)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr
+    assert sorted(line for line in done.stderr.splitlines() if line.startswith("downloaded ")) == sorted(
+        f"downloaded {name} ({units.human_bytes(size)})" for name, size in sizes.items())
+
+    in_pipe = piped(["--json", *download("json-pipe")], env)
+    on_tty = on_terminal(["--json", *download("json-tty")], env)
+    for code, out, err in ((in_pipe.returncode, in_pipe.stdout, in_pipe.stderr), on_tty):
+        assert code == 0, err
+        assert json.loads(out)["files"] and "━" not in err and "\r" not in err
+        assert sum(line.startswith("downloaded ") for line in err.splitlines()) == len(wanted)
 
 
 # ---------------------------------------------------------------------------- tables

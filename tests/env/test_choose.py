@@ -89,9 +89,13 @@ REFUSALS = [
                  id="cuda-13-old-driver"),
     pytest.param(facts(gpus=BLACKWELL), {"cuda": CudaVersion.parse("cu126")},
                  "no kernels for sm_120 (GPU 0 RTX 5090)", None, id="cuda-12.6-blackwell"),
-    pytest.param(facts(status="no-library", driver=None, cuda=None, gpus=()), {"requested": "cu126"},
-                 "profile cu126 cannot run on this machine: no usable NVIDIA GPU/driver",
-                 "--profile cpu", id="cuda-profile-no-gpu"),
+    # named, but the driver this machine shows contradicts it: still refused, GPU or not
+    pytest.param(facts(driver="470.256.02", cuda="11.4", gpus=()), {"requested": "cu126"},
+                 "profile cu126 cannot run on this machine: needs driver >= 525.60.13, this machine has "
+                 "470.256.02", "upgrade the NVIDIA driver", id="named-driver-too-old-no-gpu"),
+    pytest.param(facts(driver="580.95.05", cuda="13.0", gpus=PASCAL), {"requested": "cu130"},
+                 "profile cu130 cannot run on this machine: its torch 2.13.0 cu130 wheel has no kernels "
+                 "for sm_61", "upgrade the NVIDIA driver", id="named-gpu-too-old"),
 ]
 
 
@@ -116,6 +120,70 @@ def test_explicit_requests(bundled: dict[str, profiles.Profile]) -> None:
         choose.choose_profile(facts(), bundled, requested="cu999")
     with pytest.raises(UsageError, match="no profile for CUDA 12.3"):
         choose.choose_profile(facts(), bundled, cuda=CudaVersion.parse("12.3"))
+
+
+# --- a named profile where this machine cannot check it: built for the target, with a warning -----
+
+NO_DRIVER = facts(status="no-library", driver=None, cuda=None, gpus=())
+
+UNCHECKED = [
+    pytest.param(NO_DRIVER, {"requested": "cu126"}, "cu126",
+                 "no NVIDIA driver/GPU visible here (no libnvidia-ml.so.1 found): profile cu126 needs driver "
+                 ">= 525.60.13 and a GPU of compute capability 5.0-9.x; `provision verify` on the target "
+                 "machine checks it", id="no-driver-profile"),
+    pytest.param(NO_DRIVER, {"cuda": CudaVersion.parse("13.0")}, "cu130",
+                 "no NVIDIA driver/GPU visible here (no libnvidia-ml.so.1 found): profile cu130 needs driver "
+                 ">= 580.65.06 and a GPU of compute capability 7.5-10.x, 12.0 or newer; `provision verify` "
+                 "on the target machine checks it", id="no-driver-cuda"),
+    # the driver is there (and new enough, which is checked): only the GPU is left to the target
+    pytest.param(facts(gpus=()), {"requested": "cu128"}, "cu128",
+                 "NVIDIA driver 575.57.08 reports no GPU here: profile cu128 needs a GPU of compute "
+                 "capability 7.5-10.x, 12.x; `provision verify` on the target machine checks it",
+                 id="driver-without-gpu"),
+    pytest.param(facts(status="mismatch", driver=None, cuda=None, gpus=()), {"requested": "cu126"}, "cu126",
+                 "no NVIDIA driver/GPU visible here (mismatch): profile cu126 needs driver >= 525.60.13",
+                 id="driver-not-usable"),
+]
+
+
+@pytest.mark.parametrize(("machine", "kwargs", "want", "line"), UNCHECKED)
+def test_named_profile_without_a_visible_gpu_is_chosen_with_a_warning(
+        bundled: dict[str, profiles.Profile], machine: MachineFacts, kwargs: dict[str, object], want: str,
+        line: str) -> None:
+    choice = choose.choose_profile(machine, bundled, **kwargs)  # type: ignore[arg-type]
+    assert choice.profile.name == want and choice.refusal is None
+    assert choice.unchecked is not None and line in choice.unchecked.line()
+    assert "\n" not in choice.unchecked.line()
+    assert choice.to_dict()["unchecked"] == choice.unchecked.line()
+
+
+@pytest.mark.parametrize("machine", [NO_DRIVER, facts(gpus=())], ids=["no-driver", "driver-without-gpu"])
+def test_auto_still_chooses_from_this_machine(bundled: dict[str, profiles.Profile], machine: MachineFacts) -> None:
+    for requested in (None, "auto"):
+        choice = choose.choose_profile(machine, bundled, requested=requested)
+        assert choice.profile.name == "cpu" and choice.unchecked is None
+
+
+def test_checked_profiles_carry_no_warning(bundled: dict[str, profiles.Profile]) -> None:
+    assert choose.choose_profile(facts(), bundled, requested="cu126").unchecked is None
+    assert choose.choose_profile(NO_DRIVER, bundled, requested="cpu").unchecked is None
+
+
+def test_a_refusal_kept_for_a_plan_that_only_prints(bundled: dict[str, profiles.Profile]) -> None:
+    pascal = facts(driver="580.95.05", cuda="13.0", gpus=PASCAL)
+    choice = choose.choose_profile(pascal, bundled, requested="cu130", keep_refusal=True)
+    assert choice.profile.name == "cu130" and choice.unchecked is None
+    assert choice.refusal is not None and "has no kernels for sm_61" in choice.refusal.message
+    choice = choose.choose_profile(facts(), bundled, cuda=CudaVersion.parse("13.0"), keep_refusal=True)
+    assert choice.profile.name == "cu130" and choice.refusal is not None
+    assert choice.refusal.message.startswith("CUDA 13.0 cannot run on this machine: needs driver >= 580.65.06")
+
+
+@pytest.mark.parametrize(("name", "want"), [
+    ("cu118", "5.0-9.x"), ("cu128", "7.5-10.x, 12.x"), ("cu130", "7.5-10.x, 12.0 or newer"),
+    ("cpu", "any")])
+def test_cc_range(bundled: dict[str, profiles.Profile], name: str, want: str) -> None:
+    assert choose.cc_range(bundled[name]) == want
 
 
 def test_facts_round_trip() -> None:

@@ -429,7 +429,11 @@ def test_broken_conda_is_explained(tmp_path: Path) -> None:
     conda.write_text("#!/bin/sh\necho 'CondaError: corrupted .condarc' >&2\nexit 1\n")
     conda.chmod(0o755)
     env = isolated_environ(tmp_path / "home", uv=False, extra_path=[bin_dir])
+    # a dry run runs no conda command, so it cannot see the breakage: it says the build asks conda
     result = invoke(["--root", str(tmp_path), "env", "create", "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "the build asks `conda info --json` for the envs directory" in result.stdout
+    result = invoke(["--root", str(tmp_path), "env", "create"], env=env)
     assert result.exit_code == 1
     assert f"error: `{conda} info --json` exited 1\n    CondaError: corrupted .condarc\n" in result.stderr
     assert "hint: check that `conda info --json` works, or pass --prefix PATH (or --backend venv)" \

@@ -96,16 +96,18 @@ def test_from_lock_round_trip(cpu_env: BuiltEnv, tmp_path: Path) -> None:
     done = cpu_env.run("env", "create", "--from-lock", str(lock_file), "--prefix", str(copy))
     assert done.returncode == 0 and "is up to date" in done.stdout
 
-    # the same lock, claiming a CUDA build: this machine (no GPU) refuses it before doing anything
+    # the same lock, claiming a CUDA build: this machine (no GPU) cannot check it, so it is planned for
+    # the target with one warning (tests/env/test_explicit_profiles.py has the refusals)
     original["profile"].update(name="cu126", variant="cu126", cuda="12.6", driver_min="525.60.13",
                                compute_capabilities=["6.0", "8.0"])
     original["torch"]["requirements"] = ["torch==2.13.0+cu126"]
     lock_file.write_text(json.dumps(original))
-    done = cpu_env.run("env", "create", "--from-lock", str(lock_file), "--prefix", str(tmp_path / "cuda"))
-    assert done.returncode == 1
-    assert (f"error: {lock_file} is a cu126 build of profile cu126 that this machine cannot run: "
-            "no usable NVIDIA GPU/driver") in done.stderr
-    assert "hint: rebuild for this machine with `provision env create --profile auto`" in done.stderr
+    done = cpu_env.run("env", "create", "--from-lock", str(lock_file), "--prefix", str(tmp_path / "cuda"),
+                       "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert ("warning: no NVIDIA driver/GPU visible here (no libnvidia-ml.so.1 found): the lock's cu126 build "
+            "(profile cu126) needs driver >= 525.60.13") in done.stderr
+    assert f"Profile:     cu126 as locked in {lock_file}" in done.stdout
     assert not (tmp_path / "cuda").exists()
 
 

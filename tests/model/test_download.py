@@ -242,6 +242,63 @@ def test_a_server_that_ignores_the_range_sends_the_whole_file_again(online: None
     assert sha((snapshot(isolated_home, hub_repo) / "model.safetensors").read_bytes()) == sha(data)
 
 
+# ---------------------------------------------------------------------------- progress events
+
+Events = dict[str, list[tuple[int, "int | None"]]]
+
+
+def recorder(events: Events) -> download.Progress:
+    """An `on_progress` that keeps every event, per file, in order."""
+    def on_progress(name: str, done: int, total: int | None) -> None:
+        events.setdefault(name, []).append((done, total))
+    return on_progress
+
+
+def test_every_file_reports_its_bytes_in_order_up_to_its_size(online: None, hub: HubServer, hub_repo: Repo,
+                                                              isolated_home: Path) -> None:
+    """apply(on_progress=...) hears from each file: `done` starts at 0, never goes back, and ends at the
+    file's size, which it reaches once (the file is in place). The hub drops the weights at 12 MiB and
+    the worker waits before it resumes, so the same file also reports bytes past the cut."""
+    hub.drop_after["model.safetensors"] = CUT
+    plan = download.plan_download(REPO, endpoint=hub.url, environ=dict(os.environ))
+    events: Events = {}
+    result = download.apply(plan, on_progress=recorder(events))
+    assert set(events) == {f.path for f in plan.files} == LOAD_SET
+    for name, seen in events.items():
+        size = len(hub_repo.files[name])
+        done = [d for d, _ in seen]
+        assert done == sorted(done) and done[0] == 0 and done[-1] == size, (name, seen)
+        assert {t for _, t in seen} == {size} and done.count(size) == 1, (name, seen)
+    weights = len(hub_repo.files["model.safetensors"])
+    assert any(CUT < d < weights for d, _ in events["model.safetensors"])
+    assert sha((result.path / "model.safetensors").read_bytes()) == sha(hub_repo.files["model.safetensors"])
+
+
+def test_a_resumed_file_reports_from_the_bytes_already_on_disk(online: None, hub: HubServer, hub_repo: Repo,
+                                                               isolated_home: Path) -> None:
+    data = hub_repo.files["model.safetensors"]
+    f = RepoFile("model.safetensors", len(data), hub_repo.etag("model.safetensors"))
+    partial = partial_path(cache_dir(isolated_home), REPO, f, False)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:CUT])
+    events: Events = {}
+    download.apply(download.plan_download(REPO, endpoint=hub.url, environ=dict(os.environ)),
+                   on_progress=recorder(events))
+    seen = events["model.safetensors"]
+    assert seen[0] == (CUT, len(data)) and seen[-1] == (len(data), len(data))
+
+
+def test_a_failed_download_reports_no_file_as_finished(online: None, hub: HubServer, hub_repo: Repo,
+                                                       isolated_home: Path) -> None:
+    """A weight file whose bytes do not match the hub's sha256 is never reported at its full size."""
+    plan = download.plan_download(REPO, endpoint=hub.url, environ=dict(os.environ))
+    hub_repo.files["model.safetensors"] = bytes(len(hub_repo.files["model.safetensors"]))   # same size, other bytes
+    events: Events = {}
+    with pytest.raises(ProvisionError, match="do not match the sha256"):
+        download.apply(plan, on_progress=recorder(events))
+    assert all(done < total for done, total in events["model.safetensors"] if total is not None)
+
+
 def _signal_mid_file(sig: signal.Signals, hub: HubServer, hub_repo: Repo, home: Path,
                      provision_cmd: list[str]) -> tuple[subprocess.Popen[str], str, Path]:
     """`model download` stalled by the hub after 12 MiB; `sig` to its process group once those

@@ -42,15 +42,20 @@ def hub_requirement() -> Requirement:
                 if canonicalize_name(r.name) == "huggingface-hub")
 
 
+#: What the hub tests need of the `test` extra (the rest builds venvs or drives browsers).
+TEST_TOOLS = ("pytest", "hypothesis", "pytest-timeout")
+
+
 def floor_requirements() -> tuple[str, list[str]]:
-    """(the floor version, what the floor venv installs): setup.cfg's requirements and test extra
-    (without uv, which only builds venvs), huggingface_hub pinned to its lower bound."""
+    """(the floor version, what the floor venv installs): setup.cfg's requirements and TEST_TOOLS as
+    its test extra bounds them, huggingface_hub pinned to its lower bound."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     hub = hub_requirement()
     floor = next(s.version for s in hub.specifier if s.operator == ">=")
     base = [r for r in _lines(cfg["options"]["install_requires"]) if Requirement(r).name != hub.name]
-    test = [r for r in _lines(cfg["options.extras_require"]["test"]) if Requirement(r).name != "uv"]
+    test = [r for r in _lines(cfg["options.extras_require"]["test"])
+            if canonicalize_name(Requirement(r).name) in TEST_TOOLS]
     return floor, sorted(base) + [f"huggingface_hub=={floor}"] + sorted(test)
 
 
