@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "provisioner" / "scripts"))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(REPO / "provisioner" / "scripts"))
 import _loader  # noqa: E402 - provision's model-loading code, found through the line above
 
 
-def nvml_process_bytes() -> dict:
+def nvml_process_bytes() -> dict[str, Any]:
     """NVML's used-memory figures for the compute processes on GPU 0 (this one among them)."""
     try:
         import pynvml
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
-    doc: dict = {"model": args.model, "quant": args.quant, "new_tokens": args.new_tokens, "ok": False,
+    doc: dict[str, Any] = {"model": args.model, "quant": args.quant, "new_tokens": args.new_tokens, "ok": False,
                  "points": [], "error": None}
     started = time.perf_counter()
     try:

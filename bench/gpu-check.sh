@@ -2,7 +2,8 @@
 # One self-contained check of provision on a machine with an NVIDIA GPU (written for an H200 that reaches
 # nothing outside itself: no hub, no package index).
 #
-#   bench/gpu-check.sh            run from anywhere; works in the repo root
+#   bench/gpu-check.sh --prepare  where the package index answers: fetch the bitsandbytes wheel to carry
+#   bench/gpu-check.sh            on the GPU machine (from anywhere; it works in the repo root)
 #
 # Steps, each with its own time limit; a failed step is recorded and the rest still run:
 #   1. machine facts: nvidia-smi, NVML (name, driver, memory, bus width x memory clock = bandwidth)
@@ -13,7 +14,7 @@
 #      from wheels in $GPU_CHECK_WHEELS (default .cache/gpu-check/wheels, carried there); online only:
 #      `provision env create`, else plain pip into a venv
 #   4. `provision verify --json --env ...` (real NVML)
-#   5. real 4-bit (nf4) load + generation of the committed tiny model, exact reply asserted
+#   5. real 4-bit (nf4) load + generation of the committed tiny model, its exact reply asserted
 #   6. a Qwen model of real size: $GPU_CHECK_MODEL (a folder or hub id) when it is local (a folder or in the
 #      Hugging Face cache; downloaded only with GPU_CHECK_DOWNLOAD=1 and a reachable hub); else one BUILT here
 #      by bench/make_qwen_shaped.py: the exact shape of $GPU_CHECK_SHAPE from provision's Qwen table (default
@@ -26,13 +27,29 @@
 # GPU_CHECK_ALLOW_CPU=1 rehearses all of it on a CPU torch (GPU-only figures are skipped, fp16 run left out).
 # GPU_CHECK_NEW_TOKENS (default 64 on a GPU, 16 on the CPU), GPU_CHECK_CONTEXTS (calibration prompt lengths,
 # default 256,2048,8192 on a GPU, 32,128 on the CPU), GPU_CHECK_OFFLINE=1|0 (skip or force the network steps),
-# GPU_CHECK_BUDGET_S (default 480: a long step starts only with 60 s of it left and is cut off 30 s after it).
+# GPU_CHECK_BUDGET_S (default 420: a long step starts only with 60 s of it left and is cut off 30 s after it).
 # Results: the log in $OUT/gpu-check.log (or .cache/gpu-check/out), every file in .cache/gpu-check/out, and
-# with $OUT set also $OUT/results.tar.gz (three files in all). The 7B shape on an H200: build + 3 loads.
+# with $OUT set also $OUT/results.tar.gz (two files come back). The 7B shape on an H200: build + 3 loads.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 WORK="$REPO/.cache/gpu-check"  # .cache/ is git-ignored
+# bitsandbytes for a GPU machine that has torch, transformers and accelerate but no index: the test suite's
+# pin (bench/_common.py), as a manylinux x86-64 wheel (it holds the CPU, CUDA 11.8 to 13.2 and ROCm libraries).
+BNB_PIN="${GPU_CHECK_BNB:-bitsandbytes==0.50.2}"
+case "${1:-}" in
+  --prepare)
+    # Run where the index is reachable, before the GPU machine: the wheel lands in $WORK/wheels, which the
+    # device tool carries (carry: .cache/gpu-check/wheels; about 43 MB).
+    mkdir -p "$WORK/wheels"
+    exec python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --python-version "${GPU_CHECK_PYVER:-3.12}" --implementation cp --platform manylinux_2_28_x86_64 \
+      --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d "$WORK/wheels" "$BNB_PIN" ;;
+  -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+  "") ;;
+  *) echo "gpu-check.sh: unknown option '$1' (use --prepare or --help)" >&2; exit 2 ;;
+esac
 RESULTS="$WORK/out"
 LOGDIR="${OUT:-$RESULTS}"
 rm -rf "$RESULTS"
@@ -49,7 +66,7 @@ declare -A STEP_STATUS
 
 # Every long step starts only when the budget leaves it room, and is cut off at the budget (+30 s grace),
 # so the whole script ends by about BUDGET + 60 s (the summary included).
-BUDGET="${GPU_CHECK_BUDGET_S:-480}"
+BUDGET="${GPU_CHECK_BUDGET_S:-420}"
 room() { echo $(( BUDGET - SECONDS )); }
 limit() { local r=$(( BUDGET - SECONDS + 30 )); [ "$r" -lt 1 ] && r=1; [ "$r" -lt "$1" ] && echo "$r" || echo "$1"; }  # min(want, room+30)
 step() { echo; echo "== [$(date +%H:%M:%S) +${SECONDS}s] $*"; }
@@ -173,13 +190,16 @@ if [ -z "$CHAT_PY" ] && [ "$ONLINE" = 1 ] && [ $SECONDS -lt 240 ]; then
 fi
 ON_GPU=0
 if [ -n "$CHAT_PY" ]; then
-  "$CHAT_PY" -c 'import torch, transformers, bitsandbytes as b; print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| bitsandbytes", b.__version__, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
-  "$CHAT_PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && ON_GPU=1
+  "$CHAT_PY" -c 'import sys, torch, transformers, bitsandbytes as b; gpu = torch.cuda.is_available(); print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| bitsandbytes", b.__version__, "from", b.__file__, "|", torch.cuda.get_device_name(0) if gpu else "no GPU"); sys.exit(0 if gpu else 3)'
+  [ $? = 0 ] && ON_GPU=1
   CHAT_PREFIX="$(dirname "$(dirname "$CHAT_PY")")"
   record env "$CHAT_PY$([ "$ON_GPU" = 1 ] || echo ' (CPU rehearsal: no CUDA)')"
 else
   CHAT_PREFIX=""
   record env "none: no python with torch (CUDA) + transformers + accelerate + bitsandbytes"
+fi
+if [ "$ON_GPU" = 1 ] && [ "$GPU_TOTAL_GIB" = 0 ]; then  # no NVML in the system python: ask torch
+  GPU_TOTAL_GIB=$("$CHAT_PY" -c 'import torch; print(torch.cuda.get_device_properties(0).total_memory >> 30)' 2>/dev/null || echo 0)
 fi
 NEW_TOKENS="${GPU_CHECK_NEW_TOKENS:-$([ "$ON_GPU" = 1 ] && echo 64 || echo 16)}"
 CONTEXTS="${GPU_CHECK_CONTEXTS:-$([ "$ON_GPU" = 1 ] && echo 256,2048,8192 || echo 32,128)}"
@@ -207,7 +227,7 @@ fi
 # The smoke runs and their verdicts: bench/gpu_check_smoke.py runs provision's smoke chat in the chat env
 # and keeps its whole JSON (stdlib + the tool's own dependencies, so the tool's python runs it).
 REPORT_PY="${TOOL_PY:-$CHAT_PY}"
-smoke_run() {  # label model quant prompt [--expect TEXT | --any-reply]
+smoke_run() {  # label model quant prompt [--expect TEXT [--exact] | --any-reply]
   local label=$1 model=$2 quant=$3 prompt=$4 lim
   shift 4
   lim=$(limit 300)
@@ -220,21 +240,10 @@ smoke_run() {  # label model quant prompt [--expect TEXT | --any-reply]
 
 step "5. tiny model, real nf4 load + generation"
 if [ -n "$CHAT_PY" ]; then
-  # The tiny model was trained on "Hello! How are you?"; the script asks it directly for the exact reply.
-  timeout 120 "$CHAT_PY" provisioner/scripts/smoke_chat.py "$TINY" --quant nf4 --no-stream \
-    > "$RESULTS/smoke-tiny-raw.json" 2> "$RESULTS/smoke-tiny-raw.stderr"
-  "$CHAT_PY" - "$RESULTS/smoke-tiny-raw.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-ok = d.get("ok") and d.get("reply") == "I am fine, thank you."
-print("tiny nf4 reply:", repr(d.get("reply")), "| device", d.get("device"), "| placement",
-      (d.get("placement") or {}).get("modules_by_device"), "| exact" if ok else "| WRONG", d.get("error") or "")
-sys.exit(0 if ok else 1)
-EOF
-  record tiny-exact "exit $?"
-  smoke_run tiny "$TINY" nf4 "Hello! How are you?" --expect "I am fine, thank you."
+  # The tiny model was trained on "Hello! How are you?": its greedy reply is known to the letter.
+  smoke_run tiny "$TINY" nf4 "Hello! How are you?" --expect "I am fine, thank you." --exact
 else
-  record tiny-exact "skipped (no chat env)"
+  record smoke-tiny "skipped (no chat env)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +310,7 @@ if [ -n "$MODEL_ARG" ]; then
     smoke_run qwen-fp16 "$MODEL_ARG" none "$QUESTION" "${judge[@]}"
   fi
 else
-  record qwen "skipped: no chat env, or no checkpoint and the build failed"
+  record qwen "skipped: no model to run (see the env and shaped lines)"
 fi
 
 # ---------------------------------------------------------------------------------------------

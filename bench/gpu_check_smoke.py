@@ -1,7 +1,7 @@
 """One smoke chat through provision, for bench/gpu-check.sh: its verdicts, and the figures the summary compares.
 
     python bench/gpu_check_smoke.py --python CHAT_PY --model M --quant nf4 --label L --out-dir DIR
-        [--prompt TEXT] [--expect TEXT | --any-reply] [--max-new-tokens N]
+        [--prompt TEXT] [--expect TEXT [--exact] | --any-reply] [--max-new-tokens N] [--timeout S]
 
 Run by the tool's python with the repo importable. The chat runs in CHAT_PY exactly as `provision verify
 --smoke-chat` runs it (provision's smoke_command, the smoke_chat.py script); its JSON is kept whole, because
@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--prompt", default=smoke.DEFAULT_PROMPT)
     p.add_argument("--expect", default=None)
+    p.add_argument("--exact", action="store_true", help="the reply must be --expect exactly")
     p.add_argument("--any-reply", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--timeout", type=float, default=540)
@@ -100,6 +101,9 @@ def main(argv: list[str]) -> int:
         checks = [Check("smoke.reply", Status.SKIP,
                         f"reply not judged (random weights): {r.n_new_tokens} tokens, stopped at {r.stop_reason}",
                         data=dict(c.data)) if c.id == "smoke.reply" and r.ok else c for c in checks]
+    if args.exact and r.ok and r.reply.strip() != (args.expect or "").strip():
+        checks = [Check("smoke.reply", Status.FAIL, f"the reply is not exactly {args.expect!r}: {r.reply!r}",
+                        data=dict(c.data)) if c.id == "smoke.reply" else c for c in checks]
     print(render_checks(checks))
 
     mem = doc.get("memory") or {}

@@ -65,7 +65,7 @@ def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
     if len(xs) < 2 or len(set(xs)) < 2:
         return None
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     return slope, my - slope * mx
 
 
@@ -100,11 +100,11 @@ def main(argv: list[str]) -> int:
         rows.append(s)
         pct = "-" if s.get("fraction_of_bound") is None else f"{s['fraction_of_bound']:.1%}"
         ratio = "-" if s.get("peak_over_estimate") is None else f"{s['peak_over_estimate']:.2f}x"
-        peak = gib(s.get("peak_bytes")) + ("" if s.get("on_gpu") else " RSS")
+        peak_text = gib(s.get("peak_bytes")) + ("" if s.get("on_gpu") else " RSS")
         print(f"  {s['label']:10} {'ok ' if s.get('ok') else 'FAIL'} load {num(s.get('load_s'))} s"
               f"  ttft {num(s.get('ttft_s'), '.2f')} s  decode {num(s.get('decode_tokens_per_s'))} tok/s"
               f"  bound {num(s.get('bandwidth_bound_tokens_per_s'), '.0f')} tok/s ({pct})"
-              f"  peak {peak}  fit {gib(s.get('estimate_bytes'))} at {s.get('estimate_context')} tokens ({ratio})"
+              f"  peak {peak_text}  fit {gib(s.get('estimate_bytes'))} at {s.get('estimate_context')} tokens ({ratio})"
               f"  on {s.get('placement')}"
               + (f"  reply {s.get('reply')!r:.40}" if s.get("reply_judged") else "  reply not judged")
               + (f"  error: {s.get('error')}" if s.get("error") else ""))
@@ -198,6 +198,14 @@ def main(argv: list[str]) -> int:
             print(f"    CUDA context: {mib(init)} right after CUDA started, {mib(end.get('not_torch_bytes'))} not torch's"
                   f" at the end (total - free - reserved); NVML per process {[mib(u) for u in ours] or '-'}"
                   f" | fit {mib(fit.CUDA_CONTEXT_BYTES)}")
+            measured_ctx = max((v for v in (init, end.get("not_torch_bytes")) if v is not None), default=None)
+            slack = max((p["allocator_slack_bytes"] for p in entry["points"] if p["allocator_slack_bytes"] is not None),
+                        default=None)
+            entry.update(suggested_cuda_context_bytes=measured_ctx, largest_allocator_slack_bytes=slack)
+            if line:
+                print(f"    suggests: activation x{line[0] / per_token_fit:.2f} per prompt token, fixed part {mib(line[1])}"
+                      f" (fit {mib(logits_fit)}); CUDA context {mib(measured_ctx)} (fit {mib(fit.CUDA_CONTEXT_BYTES)});"
+                      f" allocator slack up to {mib(slack)} (not in fit)")
         calib["calibrate"].append(entry)
     (out / "calibration.json").write_text(json.dumps(calib, indent=2, default=str) + "\n")
     print("CALIBRATION " + json.dumps(calib, default=str))

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -61,7 +62,7 @@ def table_row(shape: str) -> tuple[modelinfo.ModelSpec, str]:
     return spec, doc["families"][row["family"]]["architecture"]
 
 
-def make_config(transformers, spec: modelinfo.ModelSpec, architecture: str, tok_vocab: int):  # noqa: ANN001
+def make_config(transformers: Any, spec: modelinfo.ModelSpec, architecture: str, tok_vocab: int) -> tuple[Any, Any]:
     if architecture == "Qwen3ForCausalLM":
         if not hasattr(transformers, "Qwen3ForCausalLM"):
             raise SystemExit(f"error: {spec.name} is a Qwen3 model and transformers {transformers.__version__} "
@@ -85,7 +86,7 @@ def make_config(transformers, spec: modelinfo.ModelSpec, architecture: str, tok_
     return config, model_cls
 
 
-def build(out: Path, shape: str, *, device: str, seed: int, shard_size: str) -> dict:
+def build(out: Path, shape: str, *, device: str, seed: int, shard_size: str) -> dict[str, Any]:
     started = time.perf_counter()
     import torch
     import transformers
@@ -104,7 +105,9 @@ def build(out: Path, shape: str, *, device: str, seed: int, shard_size: str) -> 
     if spec.tie_embeddings and hasattr(model, "tie_weights"):
         model.tie_weights()
     gen = torch.Generator(device=device).manual_seed(seed)
-    special = sorted({i for i in (tok.pad_token_id, tok.eos_token_id, *tok.all_special_ids) if i is not None})
+    # pad, eos and every added token (<|im_start|> is one without being in the special-tokens map)
+    added = [int(i) for i in (getattr(tok, "added_tokens_decoder", None) or {})]
+    special = sorted({i for i in (tok.pad_token_id, tok.eos_token_id, *tok.all_special_ids, *added) if i is not None})
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -115,7 +118,7 @@ def build(out: Path, shape: str, *, device: str, seed: int, shard_size: str) -> 
                 p.normal_(0.0, INIT_STD, generator=gen)
         head = model.get_output_embeddings().weight
         head[tok_vocab:].zero_()
-        head[special].zero_()
+        head[special] = 0.0  # index_put: a list index on the left writes in place
     # The rotary inv_freq buffers stay as to_empty left them: they are not saved, and transformers
     # computes them again when the checkpoint is loaded. This model object is only saved.
     if device == "cuda":

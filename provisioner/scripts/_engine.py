@@ -21,9 +21,8 @@ from typing import Any
 
 import _loader
 
-#: Template variables passed to every chat template. Qwen3's template thinks (writes a <think> block)
-#: unless told `enable_thinking=False`; templates that do not use the variable ignore it (Qwen2.5).
-NO_THINKING: dict[str, Any] = {"enable_thinking": False}
+#: Template variables passed to every chat template (no <think> block unless a request asks for one).
+NO_THINKING: dict[str, Any] = dict(_loader.NO_THINKING)
 
 
 class Busy(Exception):
@@ -71,25 +70,13 @@ class Engine:
         self.last: dict[str, Any] = {}
         self._queue: collections.deque[Job] = collections.deque()
         self._ready = threading.Condition(self.lock)
-        self._template: Mapping[str, Any] = NO_THINKING
         # A copy for counting prompt tokens on other threads: a fast tokenizer is not safe to use
         # from two threads at once, and the generation thread decodes with the original all the time.
         self.counter = copy.deepcopy(loaded.tokenizer)
         self._count_lock = threading.Lock()
-        self._template_defaults(loaded.tokenizer)
         self.context = context_length(loaded)
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self.thread.start()
-
-    def _template_defaults(self, tok: Any) -> None:
-        """_loader.encode calls `tok.apply_chat_template(messages, ...)`; the running job's template
-        variables (enable_thinking) are added to that call here, without changing _loader."""
-        original = tok.apply_chat_template
-
-        def apply(conversation: Any, *args: Any, **kwargs: Any) -> Any:
-            return original(conversation, *args, **{**self._template, **kwargs})
-
-        tok.apply_chat_template = apply
 
     def prompt_tokens(self, messages: list[dict[str, str]], template: Mapping[str, Any] = NO_THINKING) -> int:
         """How many tokens the prompt of `messages` takes (chat template and generation prompt included)."""
@@ -137,10 +124,9 @@ class Engine:
             error: BaseException | None = None
             t0 = time.perf_counter()
             try:
-                self._template = job.template
                 result = _loader.generate(self.loaded, job.messages, max_new_tokens=job.max_new_tokens,
                                           sample=job.sample, on_text=job.on_text, stop=job.stop,
-                                          notes=self.notes)
+                                          notes=self.notes, template=job.template)
             except Exception as e:  # noqa: BLE001 - handed to the request that asked for it
                 error = e
             finally:

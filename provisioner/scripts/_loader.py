@@ -306,11 +306,17 @@ def generation_kwargs(model: Any, tok: Any, *, max_new_tokens: int, sample: bool
     return {"generation_config": gc}
 
 
-def encode(tok: Any, messages: list[Mapping[str, str]]) -> Any:
+#: Qwen3's chat template thinks (a long <think> block before the answer) unless told
+#: `enable_thinking=False`; templates that do not use the variable ignore it (Qwen2.5).
+NO_THINKING: Mapping[str, Any] = {"enable_thinking": False}
+
+
+def encode(tok: Any, messages: list[Mapping[str, str]], template: Mapping[str, Any] | None = None) -> Any:
+    """The chat template applied to `messages`; `template` holds its variables (NO_THINKING by default)."""
     if not getattr(tok, "chat_template", None):
         raise NoChatTemplate("the tokenizer has no chat template (a base model, not a chat model)")
     return tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
-                                   return_dict=True)
+                                   return_dict=True, **(NO_THINKING if template is None else template))
 
 
 def block_sigint_here() -> None:
@@ -373,8 +379,11 @@ def _streamer(tok: Any, on_text: Callable[[str], None]) -> Any:
 
 def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_tokens: int = 64,
              sample: bool = False, on_text: Callable[[str], None] | None = None,
-             stop: threading.Event | None = None, notes: Notes | None = None) -> dict[str, Any]:
+             stop: threading.Event | None = None, notes: Notes | None = None,
+             template: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Stream one reply for `messages`; returns the reply (new tokens only) and its timings.
+
+    `template` holds the chat template's variables (default: no thinking block).
 
     `stop` (set from a SIGINT handler in the REPL) ends the reply after the current token.
     """
@@ -384,7 +393,7 @@ def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_token
     notes = notes if notes is not None else Notes()
     clock = _Clock(stop)
     t0 = time.perf_counter()
-    enc = encode(tok, messages)
+    enc = encode(tok, messages, template)
     enc = {k: v.to(first_device(model)) for k, v in enc.items()}
     prompt_len = int(enc["input_ids"].shape[1])
     kwargs = dict(enc, stopping_criteria=StoppingCriteriaList([clock]),

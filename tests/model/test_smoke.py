@@ -42,7 +42,8 @@ def test_tiny_model_answers_exactly_through_nf4(tiny_nf4: SmokeResult) -> None:
     assert r.placement["n_offloaded"] == 0
     assert r.tokens_per_s and r.tokens_per_s > 0
     assert r.ttft_s is not None and 0 < r.ttft_s < r.generate_s
-    assert r.peak_kind == "peak_rss" and r.peak_bytes > r.rss_before_load_bytes > 0
+    # the high-water mark may come from the imports before the load (a tiny model adds little)
+    assert r.peak_kind == "peak_rss" and r.peak_bytes >= r.rss_before_load_bytes > 0
     # 4-bit linears: the footprint is about a third of the 390 KiB fp32 model (embeddings stay fp32).
     assert 100_000 < r.footprint_bytes < 200_000
     assert r.versions["bitsandbytes"] == "0.50.2" and r.versions["transformers"] == "5.24.0"

@@ -1,5 +1,6 @@
 """The generation engine the web chat and the server share (provisioner/scripts/_engine.py), run by the chat
-env's python: the chat template's thinking switch, and a queued request stopped before it starts."""
+env's python: the chat template's thinking switch (in _loader.encode, which every chat path uses), and a
+queued request stopped before it starts."""
 from __future__ import annotations
 
 import json
@@ -25,9 +26,10 @@ loaded = _loader.load(sys.argv[2], quant="none")
 engine = _engine.Engine(loaded, max_waiting=1)
 hello = [{"role": "user", "content": "Hello! How are you?"}]
 tok = loaded.tokenizer
-out = {"default": tok.apply_chat_template(hello, add_generation_prompt=True, tokenize=False)}
-engine._template = {"enable_thinking": True}
-out["thinking"] = tok.apply_chat_template(hello, add_generation_prompt=True, tokenize=False)
+# the shared loading path (smoke chat, terminal chat, web chat, server): no thinking unless asked
+text = lambda enc: tok.decode(enc["input_ids"][0])
+out = {"default": text(_loader.encode(tok, hello)),
+       "thinking": text(_loader.encode(tok, hello, {"enable_thinking": True}))}
 out["tokens"] = [engine.prompt_tokens(hello), engine.prompt_tokens(hello, {"enable_thinking": True})]
 
 # one running (an endless reply), one waiting and stopped while it waits, then the running one stopped
