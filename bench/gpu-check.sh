@@ -156,7 +156,7 @@ step "3. chat environment"
 CHAT_PY=""
 has_stack() { [ -x "$1" ] && timeout 120 "$1" -c "$STACK_CHECK" >/dev/null 2>&1; }
 CANDIDATES=("${CHAT_PYTHON:-}" "$WORK/chat-env/bin/python" "$SYS_PY"
-            "${CONDA_PREFIX:+$CONDA_PREFIX/bin/python}" /opt/conda/bin/python)
+            "${CONDA_PREFIX:+$CONDA_PREFIX/bin/python}" "${CONDA_EXE:+$(dirname "$(dirname "$CONDA_EXE")")/bin/python}")
 for candidate in "${CANDIDATES[@]}"; do
   if [ -n "$candidate" ] && has_stack "$candidate"; then CHAT_PY="$candidate"; break; fi
 done
