@@ -80,3 +80,17 @@ def alternate(cases: Mapping[str, Case], n: int, environ: Mapping[str, str]) -> 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def report(times: Mapping[str, Sequence[float]], *, base: str, against: str, header: str,
+           targets: Mapping[str, str]) -> None:
+    """Each case's median and its ratio to case `base`'s (named `against` in the lines), the targets,
+    and one RESULT line per target for bench/run.sh."""
+    reference = median(times[base])
+    print(f"{header}  (median of {len(times[base])} alternating rounds)")
+    for name, values in times.items():
+        print(f"{name:<32} {median(values):6.2f} s   {median(values) / reference:5.2f}x {against}")
+    print(f"target{'s' if len(targets) > 1 else ''}: " + ", ".join(f"{name} {t}x" for name, t in targets.items()))
+    for name, target in targets.items():
+        mine = median(times[name])
+        print(f"RESULT\t{name} vs {against}\t{mine:.2f}\t{reference:.2f}\t{mine / reference:.2f}\t{target}")

@@ -45,18 +45,6 @@ def nvml_bandwidth() -> tuple[float | None, str | None]:
         return None, None
 
 
-def last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict):
-                return doc
-    return None
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="gpu_check_smoke.py")
     p.add_argument("--python", required=True)
@@ -85,7 +73,7 @@ def main(argv: list[str]) -> int:
         stderr = (e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr) or ""
         stderr += f"\n(timed out after {args.timeout:g} s)"
     wall = time.perf_counter() - started
-    doc = last_json(stdout)
+    doc = smoke._last_json_object(stdout)   # as run_smoke reads the script's result
     if doc is None:
         r = smoke.SmokeResult(model=args.model, quant=args.quant, ok=False, stage="crashed",
                               error=f"the smoke chat ended (exit {rc}) without a result", error_type="Crashed",

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import PROVISION, TINY_MODEL, alternate, find_env, median  # noqa: E402 - found through the line above
+from _common import PROVISION, TINY_MODEL, alternate, find_env, report  # noqa: E402 - found through the line above
 
 
 def main() -> None:
@@ -49,13 +49,8 @@ def main() -> None:
             "walkthrough script": (plain, None),
             "verify --smoke-chat": (verify, lambda: shutil.rmtree(cache, ignore_errors=True)),
         }, args.n, environ)
-    base = median(times["walkthrough script"])
-    print(f"environment: {prefix}, model: {args.model}, {dtype}  (median of {args.n} alternating rounds)")
-    for name, values in times.items():
-        print(f"{name:<32} {median(values):6.2f} s   {median(values) / base:5.2f}x the walkthrough script")
-    print("target: verify --smoke-chat <= 1.10x")
-    mine = median(times["verify --smoke-chat"])
-    print(f"RESULT\tverify --smoke-chat vs the walkthrough script\t{mine:.2f}\t{base:.2f}\t{mine / base:.2f}\t<= 1.10")
+    report(times, base="walkthrough script", against="the walkthrough script",
+           header=f"environment: {prefix}, model: {args.model}, {dtype}", targets={"verify --smoke-chat": "<= 1.10"})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PROVISION, alternate, find_env, median  # noqa: E402 - found through the line above
+from _common import PROVISION, alternate, find_env, report  # noqa: E402 - found through the line above
 
 
 def main() -> None:
@@ -36,14 +36,8 @@ def main() -> None:
             "verify cold": (verify, lambda: shutil.rmtree(cache, ignore_errors=True)),
             "verify repeated": (verify, None),
         }, args.n, environ)
-    base = median(times["collect_env"])
-    print(f"environment: {prefix}  (median of {args.n} alternating rounds)")
-    for name, values in times.items():
-        print(f"{name:<32} {median(values):6.2f} s   {median(values) / base:5.2f}x collect_env")
-    print("targets: cold <= 1.00x, repeated <= 0.20x")
-    for name, target in (("verify cold", "<= 1.00"), ("verify repeated", "<= 0.20")):
-        mine = median(times[name])
-        print(f"RESULT\t{name} vs collect_env\t{mine:.2f}\t{base:.2f}\t{mine / base:.2f}\t{target}")
+    report(times, base="collect_env", against="collect_env", header=f"environment: {prefix}",
+           targets={"verify cold": "<= 1.00", "verify repeated": "<= 0.20"})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from provisioner.system import gpu
 if TYPE_CHECKING:
     from provisioner.cuda import CudaFacts
     from provisioner.env.choose import MachineFacts
-    from provisioner.model.smoke_result import SmokeResult
 
 #: The environment probe's answer (report, problem), as env.probe.run returns it, and what runs it.
 Probed = tuple[Optional[dict[str, Any]], Optional[str]]
@@ -59,8 +58,6 @@ class Facts:
     built_envs: tuple[str, ...] | None = None         # complete envs provision built (asked only when needed)
     sources: Mapping[str, str] = field(default_factory=dict)   # fact -> where it came from
     timings: Mapping[str, float] = field(default_factory=dict)
-    #: The smoke chat verify ran in the probe's own process (not serialised: `report` reads last-smoke.json).
-    smoke: SmokeResult | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------------ views
     @property

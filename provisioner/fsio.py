@@ -1,4 +1,4 @@
-"""Replace a file or a link atomically, and hold a file lock: the one place provision does either."""
+"""Replace a file or a link atomically, hold a file lock, and hash a file: the one place provision does each."""
 from __future__ import annotations
 
 import contextlib
@@ -65,6 +65,17 @@ def atomic_symlink(path: Path, target: str) -> Path:
         if os.path.lexists(tmp):
             tmp.unlink()
     return path
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at `path`, read in 1 MiB blocks (a wheel or a model shard is not read whole)."""
+    import hashlib   # not at the top: see the flock note above
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

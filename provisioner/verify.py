@@ -40,27 +40,37 @@ class SmokeRequest:
     trust_remote_code: bool = False
     stream_to: Any = None               # where the reply is shown as it is generated
 
+    def run_options(self, environ: Mapping[str, str]) -> dict[str, Any]:
+        """smoke.run_smoke's keyword arguments (its own default prompt unless one was given)."""
+        options: dict[str, Any] = {"quant": self.quant, "max_new_tokens": self.max_new_tokens,
+                                   "trust_remote_code": self.trust_remote_code, "environ": environ,
+                                   "stream_to": self.stream_to}
+        if self.prompt:
+            options["prompt"] = self.prompt
+        return options
 
-def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None, fresh: bool = False,
-           smoke: SmokeRequest | None = None) -> Facts:
-    """facts.gather(); with `smoke`, one process of the environment probes it and then runs the smoke
-    chat (one torch import for both), and the chat's result comes back as `facts.smoke`."""
+
+def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None, fresh: bool = False) -> Facts:
+    """facts.gather(): the machine, and the environment's probe (or its cached answer)."""
+    return facts_mod.gather(root=root, environ=environ, env_target=env_target, fresh=fresh)
+
+
+def gather_and_chat(*, root: Path, environ: Mapping[str, str], env_target: str | None, fresh: bool = False,
+                    smoke: SmokeRequest | None) -> tuple[Facts, SmokeResult | None]:
+    """gather(); with `smoke`, one process of the environment probes it and then runs the smoke chat
+    (one torch import for both). The facts, and the chat's result for smoke_checks (None: the chat
+    did not run there, and smoke_checks runs it or says why it cannot)."""
     from provisioner.model import smoke as smoke_mod
 
     if smoke is None or smoke_mod.local_model_problem(smoke.model or smoke_mod.DEFAULT_MODEL):
         # a bad model folder fails in smoke_checks before anything loads
-        return facts_mod.gather(root=root, environ=environ, env_target=env_target, fresh=fresh)
+        return gather(root=root, environ=environ, env_target=env_target, fresh=fresh), None
     results: list[SmokeResult] = []
 
     def probe_and_chat(target: EnvTarget) -> tuple[dict[str, Any] | None, str | None]:
-        kwargs: dict[str, Any] = {"quant": smoke.quant, "max_new_tokens": smoke.max_new_tokens,
-                                  "trust_remote_code": smoke.trust_remote_code, "environ": environ,
-                                  "stream_to": smoke.stream_to}
-        if smoke.prompt:
-            kwargs["prompt"] = smoke.prompt
         try:
             result, report, problem = smoke_mod.run_with_probe(
-                target.python, smoke.model or smoke_mod.DEFAULT_MODEL, **kwargs)
+                target.python, smoke.model or smoke_mod.DEFAULT_MODEL, **smoke.run_options(environ))
         except ProvisionError:
             return envprobe.run(target, environ)     # says why this Python cannot run (env.python)
         results.append(result)
@@ -72,7 +82,7 @@ def gather(*, root: Path, environ: Mapping[str, str], env_target: str | None, fr
 
     facts = facts_mod.gather(root=root, environ=environ, env_target=env_target, fresh=fresh,
                              env_probe=probe_and_chat)
-    return replace(facts, smoke=results[0] if results else None)
+    return facts, results[0] if results else None
 
 
 # --------------------------------------------------------------------------- toolkit
@@ -214,11 +224,11 @@ def run_checks(*, root: Path, environ: Mapping[str, str], env_target: str | None
 
 def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str, str], model: str | None,
                  quant: str, prompt: str | None, max_new_tokens: int, trust_remote_code: bool,
-                 stream_to: Any = None) -> list[Check]:
+                 stream_to: Any = None, chat: SmokeResult | None = None) -> list[Check]:
     """The `--smoke-chat` checks (smoke.*): a real 4-bit chat in the environment, unless it cannot start.
 
-    The chat that gather(smoke=...) ran in the probe's process (facts.smoke) is judged; without
-    one, it runs now in a process of its own.
+    `chat`: the chat gather_and_chat ran in the probe's process, judged here; without one, it runs
+    now in a process of its own.
     """
     from provisioner.model import smoke
 
@@ -231,14 +241,10 @@ def smoke_checks(facts: Facts, checks: Sequence[Check], *, environ: Mapping[str,
     if problem:
         return [Check("smoke.load", Status.FAIL, problem,
                       "pass a folder holding config.json and the weights, or a hub id", {})]
-    result = facts.smoke
+    result = chat
     if result is None:
-        kwargs: dict[str, Any] = {"quant": quant, "max_new_tokens": max_new_tokens,
-                                  "trust_remote_code": trust_remote_code, "environ": environ,
-                                  "stream_to": stream_to}
-        if prompt:
-            kwargs["prompt"] = prompt
-        result = smoke.run_smoke(facts.target.python, model, **kwargs)
+        request = SmokeRequest(model, quant, prompt, max_new_tokens, trust_remote_code, stream_to)
+        result = smoke.run_smoke(facts.target.python, model, **request.run_options(environ))
     gpus = _gpus(facts.info or gpu.DriverInfo("no-library"))
     free = gpus[0].memory_free if gpus else None
     return smoke.check_smoke(

@@ -1,17 +1,17 @@
 """Fixtures for the env tests: isolated environs, the stand-in conda front-ends, one real built env."""
 from __future__ import annotations
 
-import signal
-
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +94,18 @@ def cpu_env(tmp_path_factory: pytest.TempPathFactory) -> BuiltEnv:
     return BuiltEnv(prefix, root, env, time.monotonic() - start, done.stdout, done.stderr)
 
 
+@pytest.fixture(scope="session")
+def chat_probe(chat_env_python: Path) -> dict[str, Any]:
+    """The real probe of the shared chat env (CPU torch 2.13.0, bitsandbytes 0.50.2), run once (importing
+    torch costs seconds); a test that changes it changes a copy."""
+    from provisioner.env import probe
+    from provisioner.env.target import EnvTarget
+
+    report, problem = probe.run(EnvTarget("venv", chat_env_python.parent.parent, chat_env_python), dict(os.environ))
+    assert problem is None and report is not None
+    return report
+
+
 @dataclass(frozen=True)
 class CondaStandin:
     """PATH with one stand-in front-end on it, its argv log and its conda root."""
@@ -129,15 +141,17 @@ def conda_standin(tmp_path: Path, chat_env_python: Path) -> Callable[[str], Cond
     return make
 
 
-def interrupt_at(argv: list[str], env: dict[str, str], marker: str, sig: signal.Signals, log: Path,
-               timeout: float = 300) -> tuple[int, str]:
-    """Run `provision ARGV`, send `sig` to its process group once stderr shows `marker`; (returncode, stderr)."""
+def interrupt_at(argv: list[str], env: dict[str, str], marker: str | Callable[[], bool], sig: signal.Signals,
+                 log: Path, timeout: float = 300) -> tuple[int, str]:
+    """Run `provision ARGV`, send `sig` to its process group once stderr shows `marker` (or once `marker()`
+    is true: a file grown to a size); (returncode, stderr)."""
+    reached = marker if callable(marker) else (lambda: marker in log.read_text())
     with open(log, "w") as stderr:
         child = subprocess.Popen([sys.executable, "-m", "provisioner", *argv], env=env, cwd=REPO,
                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while marker not in log.read_text():
+        while not reached():
             if child.poll() is not None:
                 break                                    # it finished first: nothing left to interrupt
             assert time.monotonic() < deadline, f"never reached {marker!r}:\n{log.read_text()}"

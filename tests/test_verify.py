@@ -50,13 +50,7 @@ def root(tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------------------- the probe script
 
-@pytest.fixture(scope="module")
-def chat_probe(chat_env_python: Path) -> dict[str, Any]:
-    """The probe of the real chat env, run once for the module (importing torch costs seconds)."""
-    target = envtarget.EnvTarget("venv", chat_env_python.parent.parent, chat_env_python)
-    report, problem = verify.probe_env(target, dict(os.environ))
-    assert problem is None and report is not None
-    return report
+# chat_probe: the shared session fixture (tests/fixtures_env.py), the real probe of the chat env
 
 
 def test_probe_of_chat_env(chat_probe: dict[str, Any]) -> None:

@@ -157,7 +157,7 @@ def _write_locks(plan: BundlePlan, tool_path: Path) -> dict[str, str]:
     fsio.atomic_write(folder / mf.URL_PYLOCK, plan.stack.text, mode=0o644)
     fsio.atomic_write(folder / mf.PYLOCK, resolve.path_lock(plan.stack.wheels, plan.stack.requires_python), mode=0o644)
     tool_wheel = resolve.Wheel(tool.DIST, plan.tool_source.version, plan.tool_source.filename,
-                               tool_path.as_uri(), mf.sha256_file(tool_path), tool_path.stat().st_size, role="tool")
+                               tool_path.as_uri(), fsio.sha256_file(tool_path), tool_path.stat().st_size, role="tool")
     fsio.atomic_write(folder / mf.TOOL_PYLOCK, resolve.path_lock([*plan.tools.wheels, tool_wheel],
                                                                  plan.tools.requires_python), mode=0o644)
     fsio.atomic_write(folder / mf.PROFILE, plan.profile.path.read_bytes(), mode=0o644)
@@ -167,7 +167,7 @@ def _write_locks(plan: BundlePlan, tool_path: Path) -> dict[str, str]:
         profile=plan.profile, torch_requirements=plan.torch_requirements, found=found, facts=MachineFacts(),
         backend="", installer="", prefix=Path("."), torch_index_url=plan.sources.torch_index_url,
         index_url=plan.sources.index_url, extra_index_urls=plan.sources.extra_index_urls,
-        find_links=[], pylock={"file": mf.PYLOCK, "sha256": mf.sha256_file(folder / mf.PYLOCK)})
+        find_links=[], pylock={"file": mf.PYLOCK, "sha256": fsio.sha256_file(folder / mf.PYLOCK)})
     # Not built on a machine: the target is what the bundle says; the profile's Python is the bundle's.
     doc["machine"] = {"bundle": {"python": plan.target.python, "platform": plan.target.platform}}
     doc["environment"] = {"prefix": None, "backend": None, "installer": None, "python": plan.target.python}
@@ -192,14 +192,14 @@ def _manifest(plan: BundlePlan, files: dict[str, str], model: dict[str, Any] | N
     for w in plan.wheels:
         p = folder / w.path
         entries.append(mf.FileEntry(w.path, p.stat().st_size, w.sha256, "wheel"))
-    entries.append(mf.FileEntry(plan.tool_wheel, tool_path.stat().st_size, mf.sha256_file(tool_path), "wheel"))
+    entries.append(mf.FileEntry(plan.tool_wheel, tool_path.stat().st_size, fsio.sha256_file(tool_path), "wheel"))
     for rel, kind in files.items():
         p = folder / rel
-        entries.append(mf.FileEntry(rel, p.stat().st_size, mf.sha256_file(p), kind))
+        entries.append(mf.FileEntry(rel, p.stat().st_size, fsio.sha256_file(p), kind))
     if model is not None:
         for rel in model["files"]:
             p = folder / mf.MODEL / rel
-            entries.append(mf.FileEntry(f"{mf.MODEL}/{rel}", p.stat().st_size, mf.sha256_file(p), "model"))
+            entries.append(mf.FileEntry(f"{mf.MODEL}/{rel}", p.stat().st_size, fsio.sha256_file(p), "model"))
         model = {k: v for k, v in model.items() if k != "files"} | {"files": len(model["files"])}
     return mf.Manifest(
         profile=plan.profile.name, variant=plan.profile.variant,

@@ -16,6 +16,7 @@ from typing import BinaryIO, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from provisioner.errors import ProvisionError
+from provisioner.fsio import sha256_file
 from provisioner.redact import mask_urls
 
 #: `update(name, bytes_done, bytes_total or None)`: the hook cli/ui.py's transfer() yields.
@@ -88,7 +89,7 @@ def fetch(url: str, dest: Path, *, sha256: str, size: int | None = None, name: s
     """
     label = name or dest.name
     say = progress or (lambda _n, _d, _t: None)
-    if dest.is_file() and (size is None or dest.stat().st_size == size) and _sha(dest) == sha256:
+    if dest.is_file() and (size is None or dest.stat().st_size == size) and sha256_file(dest) == sha256:
         return Fetched(dest, "present", 0)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -111,10 +112,6 @@ def fetch(url: str, dest: Path, *, sha256: str, size: int | None = None, name: s
                                   "file than the one it listed (a changed mirror, or a proxy rewriting it)")
     os.replace(part, dest)
     return Fetched(dest, "resumed" if start else "fetched", done, start)
-
-
-def _sha(path: Path) -> str:
-    return _hash_prefix(path).hexdigest()
 
 
 def _pump(src: BinaryIO, part: Path, start: int, total: int | None, digest: hashlib._Hash, label: str,

@@ -16,17 +16,18 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from provisioner import fsio, paths
 from provisioner.bundle import manifest as mf
-from provisioner.bundle.verify import BundleReport, verify
+from provisioner.bundle.verify import BundleReport, read_manifest, verify
 from provisioner.errors import UsageError
 
 if TYPE_CHECKING:
-    from provisioner.env import CreatePlan, EnvResult
+    from provisioner.env import CreateOptions, CreatePlan, EnvResult
     from provisioner.env.backends import Progress, StatusFactory
     from provisioner.env.choose import MachineFacts
+    from provisioner.profiles import Profile
 
 #: Variables that switch every installer and the hub client to no network (uv, pip, conda, hf).
 OFFLINE = {"UV_OFFLINE": "1", "PIP_NO_INDEX": "1", "CONDA_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
@@ -130,7 +131,7 @@ def offline_environ(environ: Mapping[str, str], bundle: OpenBundle) -> dict[str,
 
 
 def env_options(bundle: OpenBundle, *, name: str | None = None, prefix: Path | None = None, backend: str = "auto",
-                installer: str = "auto", force: bool = False, repair: bool = False) -> Any:
+                installer: str = "auto", force: bool = False, repair: bool = False) -> CreateOptions:
     """`env create`'s options for the bundle: its lock, a venv unless a conda backend is named (conda
     would fetch Python from its channels). The lock's index URLs are records only (nothing is fetched
     from any index), so an http:// one is no reason to refuse."""
@@ -176,7 +177,7 @@ def record_url_lock(bundle: OpenBundle, prefix: Path) -> None:
     doc = json.loads((prefix / lockmod.LOCK_NAME).read_text())
     # the profile as it was named (its ranges), not as the rebuild from a lock pins it
     doc["profile"] = json.loads((bundle.folder / mf.LOCK).read_text())["profile"]
-    doc["pylock"] = {"file": PYLOCK_NAME, "sha256": mf.sha256_file(bundle.folder / mf.URL_PYLOCK),
+    doc["pylock"] = {"file": PYLOCK_NAME, "sha256": fsio.sha256_file(bundle.folder / mf.URL_PYLOCK),
                      "bundle": str(bundle.source), "bundle_manifest_sha256": bundle.manifest.sha256}
     fsio.atomic_write(target, data, mode=0o644)
     lockmod.write(prefix, doc)
@@ -209,18 +210,14 @@ def model_folder(bundle: OpenBundle, local_dir: Path | None = None) -> Path:
     return local_dir
 
 
-def check_profile(bundle: OpenBundle, facts: MachineFacts) -> list[str]:
-    """Why this machine cannot run the bundle's build (empty: it can), from its lock."""
+def bundle_profile(folder: Path, facts: MachineFacts) -> tuple[mf.Manifest, Profile, list[str]]:
+    """The manifest of a bundle folder `open_bundle` has verified, its profile as its lock pins it
+    (lock.as_profile()), and why this machine cannot run that build (empty: it can). Reads the manifest
+    and the lock once each and hashes nothing: installing verifies the bundle again first."""
     from provisioner.env import lock as lockmod
 
-    return lockmod.check_runnable(lockmod.read(bundle.lock), facts)
-
-
-def profile_of(bundle: OpenBundle) -> Any:
-    """The bundle's profile as its lock pins it (lock.as_profile())."""
-    from provisioner.env import lock as lockmod
-
-    return lockmod.read(bundle.lock).as_profile()
+    lock = lockmod.read(folder / mf.LOCK)
+    return read_manifest(folder), lock.as_profile(), lockmod.check_runnable(lock, facts)
 
 
 def refuse_options(**given: object) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ProvisionError
@@ -32,14 +31,6 @@ WHEELS = "wheels"
 MODEL = "model"
 #: Bookkeeping inside a bundle folder that is never part of it (not listed, not tarred).
 IGNORED = (".provision-bundle.lock", f"{MODEL}/.cache")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def body_sha256(doc: Mapping[str, Any]) -> str:
@@ -135,7 +126,3 @@ def safe_relative(path: str) -> bool:
     parts = path.split("/")
     return (bool(path) and not path.startswith("/") and "\\" not in path
             and all(p not in ("", ".", "..") for p in parts))
-
-
-def listed_paths(entries: Sequence[FileEntry]) -> set[str]:
-    return {e.path for e in entries}

@@ -219,35 +219,32 @@ def _sources(options: BundleOptions, profile: Profile, target: Target, torch_req
     """The same sources `env create` installs from (env/plan.py), with local wheels matched to the target."""
     from provisioner.env.backends import Installer, which
     from provisioner.env.plan import CreateOptions, ProfileSource, torch_backend, wheel_sources
-    from provisioner.env.sources import find_local_wheels, source_args
+    from provisioner.env.sources import compile_source_args, source_args, with_local
 
     uv = which("uv", environ)
     assert uv is not None
     create = CreateOptions(profile=profile.name, python=target.python, torch=options.torch,
                            index_url=options.index_url, extra_index_urls=options.extra_index_urls,
                            find_links=options.find_links, allow_insecure_index=options.allow_insecure_index)
-    found = wheel_sources(create, ProfileSource(profile, None, None), torch_reqs, target.python, environ)
-    local = {} if options.index_url else (find_local_wheels(torch_reqs, found.all_links, target.python,
-                                                            list(target.platforms)) or {})
-    found = replace(found, local=local)
+    found = wheel_sources(create, ProfileSource(profile, None, None), torch_reqs, target.python, environ,
+                          platforms=target.platforms)
     notes = []
     tag = torch_backend(Installer(uv), found, profile, environ)
-    base = ["--index-url", found.env_index] if found.env_index else []
-    links = list(dict.fromkeys([*found.all_links, *(str(p.parent) for p in local.values())]))
-    extra = list(found.extra)
+    extra = found.extra
     if tag is not None:
-        torch_from, args = "torch-backend", [*base, "--torch-backend", tag]
-    elif local:
-        torch_from, args = "local", list(base)
-        notes.append("torch comes from " + ", ".join(str(p) for p in local.values())
+        torch_from = "torch-backend"
+    elif found.local:
+        torch_from = "local"
+        notes.append("torch comes from " + ", ".join(str(p) for p in found.local.values())
                      + f" (the profile's index {found.torch_index} is not asked)")
     else:
-        torch_from, args = "index", list(base)
-        extra.insert(0, found.torch_index)
-    args += source_args(extra, links, True, environ)
+        torch_from, extra = "index", (found.torch_index, *found.extra)
+    args = compile_source_args(index_url=found.env_index, torch_index=found.torch_index, torch_backend=tag,
+                               local=found.local, extra=found.extra, links=found.all_links, environ=environ)
+    base = ["--index-url", found.env_index] if found.env_index else []
     tool_args = [*base, *source_args(list(found.extra), list(found.all_links), True, environ)]
     return Sources(tuple(args), tuple(tool_args), found.torch_index, torch_from, found.env_index,
-                   tuple(extra), tuple(links)), notes
+                   tuple(extra), tuple(with_local(found.all_links, found.local))), notes
 
 
 def _sizes(res: Resolution) -> Resolution:
@@ -330,8 +327,7 @@ def plan_bundle(options: BundleOptions, *, environ: Mapping[str, str]) -> Bundle
     tools = _sizes(resolve.parse(resolve.compile_lock(uv, tool.requirements(), target, sources.tool_args,
                                                       environ=env, what="provision's own dependencies"),
                                  target, role="tool"))
-    all_wheels = {w.filename: w for w in (*stack.wheels, *tools.wheels)}
-    present = _present(folder, list(all_wheels.values()), f"{mf.WHEELS}/{source.filename}")
+    present = _present(folder, [*stack.wheels, *tools.wheels], f"{mf.WHEELS}/{source.filename}")
     if target.uv_platform != f"{target.arch}-{target.platform.removesuffix('_' + target.arch)}":
         notes.append(f"uv resolves for {target.uv_platform}, the newest glibc it names at or below {target.platform}")
     return BundlePlan(options=options, profile=profile, target=target, folder=folder, tar=tar,

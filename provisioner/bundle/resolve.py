@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion
 
 from provisioner import proc
 from provisioner.bundle.target import Target
-from provisioner.env.pylock import COMPILE_TIMEOUT
+from provisioner.env.pylock import COMPILE_TIMEOUT, compile_argv
 from provisioner.env.sources import supported_tags
 from provisioner.errors import CommandError, ProvisionError
 
@@ -65,9 +65,9 @@ def compile_lock(uv: Path, requirements: Sequence[str], target: Target, sources:
     with tempfile.TemporaryDirectory(prefix="provision-bundle-") as tmp:
         reqs, out = Path(tmp) / "requirements.in", Path(tmp) / "pylock.toml"
         reqs.write_text("".join(f"{r}\n" for r in requirements))
-        argv = [str(uv), "pip", "compile", str(reqs), "--format", "pylock.toml", "--no-header", "--quiet",
-                "--python-version", target.python, "--python-platform", target.uv_platform,
-                "--only-binary", ":all:", "--output-file", str(out), *sources]
+        argv = compile_argv(uv, requirements=reqs, output=out, sources=sources,
+                            options=["--python-version", target.python, "--python-platform", target.uv_platform,
+                                     "--only-binary", ":all:"])
         try:
             proc.run(argv, env=environ, timeout=timeout)
         except CommandError as e:

@@ -7,6 +7,7 @@ import click
 
 from provisioner.cli import ui
 from provisioner.cli.app import App, dry_run_option, json_option, pass_app
+from provisioner.units import human_bytes
 
 JSON_VERSION = 1
 
@@ -69,17 +70,11 @@ def bundle_create(app: App, profile: str, model: str | None, revision: str | Non
     if app.json:
         app.emit_json({"version": JSON_VERSION, **result.to_dict(), "plan": plan.to_dict()})
         return
-    app.echo(f"Bundle {result.path}: {len(result.manifest.files)} files, {_size(result.manifest.total_bytes)} "
+    app.echo(f"Bundle {result.path}: {len(result.manifest.files)} files, {human_bytes(result.manifest.total_bytes)} "
              f"({result.fetched} wheel(s) fetched, {result.present} already there) in {result.seconds:.0f} s")
     app.echo(f"manifest sha256 {result.manifest.sha256} (check it on the other side: "
              f"provision bundle verify PATH --manifest-sha256 {result.manifest.sha256})")
     app.echo(f"On the offline machine: provision up --bundle {result.path.name}")
-
-
-def _size(n: int) -> str:
-    from provisioner.units import human_bytes
-
-    return human_bytes(n)
 
 
 @bundle_group.command("verify")
@@ -124,14 +119,14 @@ def bundle_list(app: App, path: Path) -> None:
         else f"{model.get('id')} (from the folder {model.get('source')})")
     head = [["profile", f"{m.profile} ({' '.join(m.torch)})"], ["python", m.python], ["platform", m.platform],
             ["model", model_text], ["created", f"{m.created} by {m.created_by}"],
-            ["files", f"{len(m.files)}, {_size(m.total_bytes)}"], ["manifest sha256", m.sha256]]
-    rows = [[f.kind, f.path, _size(f.size)] for f in sorted(m.files, key=lambda f: (f.kind, f.path))]
+            ["files", f"{len(m.files)}, {human_bytes(m.total_bytes)}"], ["manifest sha256", m.sha256]]
+    rows = [[f.kind, f.path, human_bytes(f.size)] for f in sorted(m.files, key=lambda f: (f.kind, f.path))]
     by_kind: dict[str, int] = {}
     for f in m.files:
         by_kind[f.kind] = by_kind.get(f.kind, 0) + f.size
     ui.show(app, rich_table(head), "", rich_table(rows, ["kind", "file", "size"]), "",
-            "total: " + ", ".join(f"{k} {_size(v)}" for k, v in sorted(by_kind.items()))
-            + f"; {_size(m.total_bytes)} in all")
+            "total: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(by_kind.items()))
+            + f"; {human_bytes(m.total_bytes)} in all")
     if (m.tool or {}).get("wheel"):
         folder = path if path.is_dir() else Path(path.name.removesuffix(".tar"))
         unpack = "" if path.is_dir() else f"mkdir {folder} && tar -xf {path} -C {folder} && "

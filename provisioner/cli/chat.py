@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from provisioner.cli.app import App, pass_app
+from provisioner.cli.app import F, App, pass_app
 from provisioner.env.target import EnvTarget
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.model import smoke
@@ -17,6 +17,20 @@ from provisioner.model import smoke
 REPL_SCRIPT = smoke.SCRIPTS / "chat_repl.py"
 #: Gradio's own default port.
 WEB_PORT = 7860
+
+
+def model_options(f: F) -> F:
+    """MODEL, --env and --quant of `chat` and `serve`: what resolve() turns into what to load, and where."""
+    for option in reversed((
+            click.argument("model", required=False, default=None),
+            click.option("--env", "env", metavar="NAME|PATH",
+                         help="Environment to run in: a conda env name or a venv/conda prefix "
+                              "(default: the active one, else the one `provision up` built)."),
+            click.option("--quant", type=click.Choice(smoke.QUANTS), default=None,
+                         help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU); "
+                              "default: what `provision up` chose, else nf4."))):
+        f = option(f)
+    return f
 
 
 def repl_command(python: Path, model: str, *, quant: str, max_new_tokens: int, system: str | None,
@@ -39,13 +53,7 @@ def exec_script(args: list[str] | tuple[str, ...], environ: Mapping[str, str]) -
 
 
 @click.command("chat")
-@click.argument("model", required=False, default=None)
-@click.option("--env", "env", metavar="NAME|PATH",
-              help="Environment to run in: a conda env name or a venv/conda prefix "
-                   "(default: the active one).")
-@click.option("--quant", type=click.Choice(smoke.QUANTS), default=None,
-              help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU); "
-                   "default: what `provision up` chose, else nf4.")
+@model_options
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True,
               help="Longest reply, in tokens.")
 @click.option("--system", metavar="TEXT", help="System message that starts the conversation.")
@@ -92,7 +100,7 @@ def chat(app: App, model: str | None, env: str | None, quant: str | None, max_ne
             "quant": quant, "host": host, "port": WEB_PORT if port is None else port,
             "max_new_tokens": max_new_tokens, "system": system or None, "greedy": greedy,
             "thinking": thinking, "trust_remote_code": trust_remote_code}
-        run_front_end(app, "web", target, model, options, host=host, yes=yes, dry_run=dry_run)
+        run_front_end(app, "web", target, model, options, yes=yes, dry_run=dry_run)
         return
     args = repl_command(target.python, model, quant=quant, max_new_tokens=max_new_tokens,
                         system=system, trust_remote_code=trust_remote_code, greedy=greedy,
@@ -120,15 +128,15 @@ def resolve(app: App, model: str | None, env: str | None, quant: str | None) -> 
 
 
 def run_front_end(app: App, which: str, target: EnvTarget, model: str,
-                  options: Mapping[str, str | int | bool | None], *, host: str, yes: bool, dry_run: bool,
+                  options: Mapping[str, str | int | bool | None], *, yes: bool, dry_run: bool,
                   api_key: str | None = None) -> None:
     """`chat --web` and `serve`: install the profile's extra where missing (after asking), then become
-    the script's process."""
+    the script's process. `options` are the script's, its --host among them."""
     from provisioner.model import serve
 
     front = serve.WEB if which == "web" else serve.SERVE
     what = "the chat" if which == "web" else "the model (the API)"
-    warning = serve.exposure_note(host, what, api_key=None if which == "web" else api_key is not None)
+    warning = serve.exposure_note(str(options["host"]), what, api_key=None if which == "web" else api_key is not None)
     plan = serve.plan_front_end(front, target, model, options, environ=app.environ, api_key=api_key,
                                 notes=[warning] if warning else [])
     if dry_run:

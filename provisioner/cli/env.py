@@ -1,9 +1,7 @@
 """`provision env` commands (Click layer only): create, list, export, remove."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ContextManager
 
 import click
 
@@ -21,11 +19,6 @@ STATUS_STYLES = {"complete": "green", "building": "yellow", "in progress": "yell
 @click.group("env")
 def env_group() -> None:
     """Build, list, export and remove the torch + bitsandbytes environments provision creates."""
-
-
-def _spinner(app: App) -> Callable[[str], ContextManager[Any]] | None:
-    """A rich spinner per long step when stderr is a terminal; plain progress lines otherwise."""
-    return ui.spinners(app)
 
 
 @env_group.command("create")
@@ -97,7 +90,7 @@ def env_create(app: App, name: str | None, prefix: Path | None, profile: str, cu
             app.emit_json({"version": 1, "status": "planned", "plan": plan.to_dict()})
         plan.require_runnable()
         return
-    result = envmod.apply_create(plan, environ=app.environ, progress=app.info, status=_spinner(app))
+    result = envmod.apply_create(plan, environ=app.environ, progress=app.info, status=ui.spinners(app))
     if app.json:
         app.emit_json({"version": 1, **result.to_dict(), "plan": plan.to_dict()})
         return

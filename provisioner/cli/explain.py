@@ -60,21 +60,16 @@ def explain_cmd(app: App, files: tuple[str, ...]) -> None:
 
 def render(result: Explanation) -> list[RenderableType]:
     """Lines and tables (indented by two spaces) for ui.show."""
-    from rich.padding import Padding
-
     from provisioner.report import check_table, rich_table, summary
-
-    def indented(part: RenderableType) -> Padding:
-        return Padding(part, (0, 0, 0, 2), expand=False)
 
     out: list[RenderableType] = []
     if result.readings:
         out.append("Facts read:")
         rows = [[r.fact, _value(r.value), f"{r.where()}  {r.text[:90]}"] for r in result.readings]
-        out += [indented(rich_table(rows, ["fact", "value", "from"])), ""]
+        out += [ui.indented(rich_table(rows, ["fact", "value", "from"])), ""]
     if result.checks:
         out.append("Checks (as provision verify runs them, on these facts):")
-        out += [indented(check_table(result.checks)), "", indented(summary(result.checks)), ""]
+        out += [ui.indented(check_table(result.checks)), "", ui.indented(summary(result.checks)), ""]
     if result.causes:
         out.append("Recognised errors:")
         for c in result.causes:

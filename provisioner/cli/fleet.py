@@ -8,9 +8,9 @@ import click
 from provisioner.cli import ui
 from provisioner.cli.app import App, json_option, pass_app
 
-#: A verdict's style in a terminal (the word stays: NO_COLOR and pipes get it plain).
-VERDICT_STYLES = {"ok": "green", "warn": "yellow", "FAIL": "bold red", "error": "bold red",
-                  "unreachable": "bold red", "unreadable": "red"}
+#: The style in a terminal of the verdicts a check status does not name (ok / warn / FAIL look as in
+#: verify's table); the word stays: NO_COLOR and pipes get it plain.
+VERDICT_STYLES = {"error": "bold red", "unreachable": "bold red", "unreadable": "red"}
 HEADERS = ["host", "GPU", "driver", "toolkit link", "profile", "torch", "verdict", "differs from the majority"]
 
 
@@ -40,9 +40,10 @@ def fleet_report(app: App, paths: tuple[Path, ...]) -> None:
     if app.json:
         app.emit_json(result.to_document())
     else:
+        styles = {**{report.MARKS[s]: style for s, style in report.STYLES.items()}, **VERDICT_STYLES}
         rows: list[list[report.Cell]] = [
             [r.host, r.gpu or "?", r.driver or "?", r.link or "?", r.profile or "-", r.torch or "-",
-             Text(r.verdict, style=VERDICT_STYLES.get(r.verdict, "")), fleet.differs_text(r) or "-"]
+             Text(r.verdict, style=styles.get(r.verdict, "")), fleet.differs_text(r) or "-"]
             for r in result.rows]
         why = [f"{r.host}: {r.verdict}: {r.reason}" for r in result.rows if r.reason]
         counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())

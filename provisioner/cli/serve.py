@@ -4,20 +4,13 @@ from __future__ import annotations
 import click
 
 from provisioner.cli.app import App, json_option, pass_app
-from provisioner.cli.chat import resolve, run_front_end
-from provisioner.model import smoke
+from provisioner.cli.chat import model_options, resolve, run_front_end
 
 DEFAULT_PORT = 8000
 
 
 @click.command("serve")
-@click.argument("model", required=False, default=None)
-@click.option("--env", "env", metavar="NAME|PATH",
-              help="Environment to run in: a conda env name or a venv/conda prefix "
-                   "(default: the active one, else the one `provision up` built).")
-@click.option("--quant", type=click.Choice(smoke.QUANTS), default=None,
-              help="Weights precision: bitsandbytes 4-bit NF4, 8-bit, or none (float16 on a GPU); "
-                   "default: what `provision up` chose, else nf4.")
+@model_options
 @click.option("--host", metavar="ADDRESS", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback is reachable from the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
@@ -60,7 +53,7 @@ def serve(app: App, model: str | None, env: str | None, quant: str | None, host:
         "quant": quant, "host": host, "port": port, "max_new_tokens": max_new_tokens,
         "max_waiting": max_waiting, "context": context, "greedy": greedy, "thinking": thinking,
         "trust_remote_code": trust_remote_code}
-    run_front_end(app, "serve", target, model, options, host=host, yes=yes, dry_run=dry_run,
+    run_front_end(app, "serve", target, model, options, yes=yes, dry_run=dry_run,
                   api_key=api_key.strip() if api_key else None)
 
 

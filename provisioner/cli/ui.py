@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import click
 
@@ -24,11 +24,12 @@ from provisioner.redact import mask_urls
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+    from rich.padding import Padding
+
+    from provisioner.model.download import Progress
 
 #: What a long step reports: `say(line)`.
 Say = Callable[[str], None]
-#: What a download reports, as often as it likes: `update(name, bytes_done, bytes_total or None)`.
-Transfer = Callable[[str, int, Optional[int]], None]
 
 
 def console(app: App, *, err: bool = False) -> Console:
@@ -55,6 +56,13 @@ def show(app: App, *parts: RenderableType | str, err: bool = False) -> None:
             out.print(part)
         else:
             click.echo(report.text(part), err=err)
+
+
+def indented(part: RenderableType) -> Padding:
+    """A table (or any renderable) two spaces in, as show() prints it under a heading line."""
+    from rich.padding import Padding
+
+    return Padding(part, (0, 0, 0, 2), expand=False)
 
 
 def _live_console(app: App) -> Console | None:
@@ -115,11 +123,11 @@ def activity(app: App) -> Iterator[Say]:
 
 
 @contextlib.contextmanager
-def transfer(app: App, title: str) -> Iterator[Transfer]:
-    """The hook a download reports through: `update(name, done, total)` drives one progress bar per
-    file (bytes in KiB/MiB as the plan prints them, speed, time left) on an interactive terminal;
-    elsewhere each finished file is one line (`downloaded NAME (SIZE)`) and nothing else, so logs
-    stay short."""
+def transfer(app: App, title: str) -> Iterator[Progress]:
+    """The hook a download reports through (download.Progress): `update(name, done, total)` drives
+    one progress bar per file (bytes in KiB/MiB as the plan prints them, speed, time left) on an
+    interactive terminal; elsewhere each finished file is one line (`downloaded NAME (SIZE)`) and
+    nothing else, so logs stay short."""
     from provisioner.units import human_bytes
 
     out = _live_console(app)

@@ -135,11 +135,9 @@ def up_command(app: App, model: str | None, profile: str, cuda: str | None, name
 
 def _indented(rows: Sequence[Sequence[str | Text]]) -> Padding:
     """Aligned columns without headers, two spaces in."""
-    from rich.padding import Padding
-
     from provisioner.report import rich_table
 
-    return Padding(rich_table(rows), (0, 0, 0, 2), expand=False)
+    return ui.indented(rich_table(rows))
 
 
 def _check_profile_name(profile: str, environ: Mapping[str, str]) -> None:

@@ -48,7 +48,8 @@ def verify_cmd(app: App, env_target: str | None, profile_name: str | None, smoke
     # with --smoke-chat the env's process streams the reply to the terminal itself: no spinner over it
     with ui.spinner(app, "checking the driver, GPUs, toolkit and environment") if smoke is None \
             else contextlib.nullcontext():
-        facts = verify.gather(root=app.root, environ=app.environ, env_target=env_target, fresh=fresh, smoke=smoke)
+        facts, chat = verify.gather_and_chat(root=app.root, environ=app.environ, env_target=env_target,
+                                             fresh=fresh, smoke=smoke)
         checks = verify.evaluate(facts, root=app.root, environ=app.environ, profile_name=profile_name)
     if facts.probe_cache and facts.probe_cache.get("hit"):
         app.info(f"environment facts from the cache (probed {facts.probe_cache['probed_at']}); "
@@ -57,7 +58,7 @@ def verify_cmd(app: App, env_target: str | None, profile_name: str | None, smoke
         checks += verify.smoke_checks(facts, checks, environ=app.environ, model=model, quant=quant,
                                       prompt=prompt, max_new_tokens=max_new_tokens,
                                       trust_remote_code=trust_remote_code,
-                                      stream_to=None if app.json else sys.stderr)
+                                      stream_to=None if app.json else sys.stderr, chat=chat)
     if app.json:
         app.emit_json(report.to_document(checks))
     else:

@@ -11,7 +11,7 @@ from provisioner.cuda.toolkit import (LINK, LOCAL, VERSIONED, Toolkit, command_l
                                       system_path, toolkits, which_nvcc)
 from provisioner.errors import ProvisionError
 from provisioner.report import Check, Status
-from provisioner.system import gpu
+from provisioner.system import alternatives, gpu
 from provisioner.system.checks import driver_install_fix
 from provisioner.versions import CudaVersion
 
@@ -155,7 +155,7 @@ def judge_link(cf: CudaFacts, root: Path = Path("/")) -> Check:
     assert tk is not None
     where = f"{LINK} -> {state.raw_target}"
     if state.alternative is not None:   # /etc/alternatives/cuda: a working link, and where it leads
-        data["managed_by"] = "update-alternatives"
+        data["managed_by"] = alternatives.TOOL
         where = f"{LINK} -> {state.chain}"
     if not tk.complete:
         fix = (switch_fix if newest is not None

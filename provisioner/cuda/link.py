@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import shlex
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +74,7 @@ class LinkState:
         return {"path": LINK, "state": self.state, "raw_target": self.raw_target,
                 "target": self.target_system,
                 "toolkit": self.toolkit.to_dict() if self.toolkit else None,
-                "managed_by": "update-alternatives" if self.alternative else None,
+                "managed_by": alternatives.TOOL if self.alternative else None,
                 "alternative": self.alternative}
 
     @classmethod
@@ -221,7 +220,7 @@ class SwitchPlan:
         return {"action": self.action, "cuda_version": str(self.version), "link_path": LINK,
                 "link_text": self.link_text, "toolkit": self.toolkit.to_dict(),
                 "current": self.current.to_dict(), "unchanged": self.unchanged,
-                "via": "update-alternatives" if self.via is not None else "link",
+                "via": alternatives.TOOL if self.via is not None else "link",
                 "commands": self.commands}
 
 
@@ -253,7 +252,7 @@ def _through(root: Path, environ: Mapping[str, str], current: LinkState,
             return None, (f"the link goes through {alternatives.ALTDIR}, but update-alternatives does not "
                           "manage it; it becomes a direct link")
         return None, None
-    if shutil.which(alternatives.TOOL, path=environ.get("PATH", os.defpath)) is None:
+    if not alternatives.on_path(environ):
         return None, (f"update-alternatives manages the link, but {alternatives.TOOL} is not on PATH; "
                       "it becomes a direct link")
     group = alternatives.query(current.alternative, root, environ)
@@ -389,7 +388,7 @@ def _switch_locked(plan: SwitchPlan, args: str) -> None:
                                    if current.state == "ok" and current.toolkit
                                    and current.toolkit.version else None),
               "current": plan.link_text, "current_version": str(plan.version),
-              "via": "update-alternatives" if plan.via is not None else "link",
+              "via": alternatives.TOOL if plan.via is not None else "link",
               "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # Record first: if the change then fails, the record is restored below; if we are killed in
     # between, a rollback points at what the link still is, which is harmless.

@@ -154,15 +154,12 @@ def _build(plan: CreatePlan, *, environ: Mapping[str, str], say: Progress,
 
 def _install_pylock(plan: CreatePlan, step: Step, env: Mapping[str, str], status: StatusFactory | None) -> None:
     """Install the lock's pylock.toml; for pip, through the hash-checking file written just for it."""
-    lock = lockmod.read(plan.from_lock) if plan.from_lock else None
-    if not lock or lock.pylock is None:
-        raise ProvisionError("the plan installs from a pylock.toml, but the lock names none",
-                             hint="export the lock again with `provision env export --output FILE`")
+    assert plan.pylock is not None, "build_steps plans a pylock step only for a lock that names one"
     if plan.installer == "uv":
         run_step(step, env, status)
         return
     reqs = plan.prefix / PIP_HASHES
-    reqs.write_text(pylockmod.hashed_requirements(pylockmod.read(lock.pylock)))
+    reqs.write_text(pylockmod.hashed_requirements(pylockmod.read(plan.pylock)))
     try:
         run_step(step, env, status)
     finally:
@@ -175,10 +172,9 @@ def _write_pylock(plan: CreatePlan, found: lockmod.Installed, env: Mapping[str, 
     the installed versions through the sources that installed them. Never fails the build: an
     environment that passed its checks is complete; the lock says why it has no pylock."""
     target = plan.prefix / pylockmod.PYLOCK_NAME
-    lock = lockmod.read(plan.from_lock) if plan.from_lock else None
     try:
-        if lock is not None and lock.pylock is not None:
-            fsio.atomic_write(target, lock.pylock.read_bytes(), mode=0o644)
+        if plan.pylock is not None:
+            fsio.atomic_write(target, plan.pylock.read_bytes(), mode=0o644)
         else:
             _compile_pylock(plan, found, target, env, status)
     except (ProvisionError, OSError) as e:
@@ -187,34 +183,29 @@ def _write_pylock(plan: CreatePlan, found: lockmod.Installed, env: Mapping[str, 
         say(f"warning: no {pylockmod.PYLOCK_NAME} written ({why.splitlines()[0]}); "
             f"{lockmod.LOCK_NAME} still records every version")
         return {"file": None, "error": why.splitlines()[0]}
-    return {"file": pylockmod.PYLOCK_NAME, "sha256": pylockmod.sha256_file(target)}
+    return {"file": pylockmod.PYLOCK_NAME, "sha256": fsio.sha256_file(target)}
 
 
 def _compile_pylock(plan: CreatePlan, found: lockmod.Installed, target: Path, env: Mapping[str, str],
                     status: StatusFactory | None) -> None:
     from provisioner.env.backends import which
-    from provisioner.env.sources import source_args
+    from provisioner.env.sources import compile_source_args
 
     uv = which("uv", env)
     if uv is None:
         raise ProvisionError("uv is not on PATH (it writes pylock.toml)", hint="install uv")
-    sources: list[str] = ["--index-url", plan.index_url] if plan.index_url else []
-    torch_step = next((s for s in plan.steps if s.key == "torch"), None)
-    extra = list(plan.extra_index_urls)
-    if torch_step is not None and "--torch-backend" in torch_step.argv:
-        sources += ["--torch-backend", torch_step.argv[torch_step.argv.index("--torch-backend") + 1]]
-    elif plan.torch_source == "index":
-        extra.insert(0, plan.torch_index_url)
-    links = list(dict.fromkeys([*plan.find_links, *(str(p.parent) for p in plan.local_wheels.values())]))
-    sources += source_args(extra, links, True, env)
+    sources = compile_source_args(index_url=plan.index_url, torch_index=plan.torch_index_url,
+                                  torch_backend=plan.torch_backend, local=plan.local_wheels,
+                                  extra=plan.extra_index_urls, links=plan.find_links, environ=env)
     pins = "".join(f"{name}=={version}\n" for name, version in found.packages.items())
     fd, tmp = tempfile.mkstemp(prefix=".provision-pins.", suffix=".txt", dir=plan.prefix)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(pins)
         step = Step("pylock", f"write {pylockmod.PYLOCK_NAME}",
-                    tuple(pylockmod.compile_argv(uv, pins=Path(tmp), output=target, python=plan.python,
-                                                 sources=sources)), pylockmod.COMPILE_TIMEOUT)
+                    tuple(pylockmod.compile_argv(uv, requirements=Path(tmp), output=target, sources=sources,
+                                                 options=["--no-deps", "--python", str(plan.python)])),
+                    pylockmod.COMPILE_TIMEOUT)
         run_step(step, env, status)
     finally:
         Path(tmp).unlink(missing_ok=True)

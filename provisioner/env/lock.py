@@ -265,11 +265,8 @@ def export_to(doc: Mapping[str, Any], lock_dir: Path, output: Path) -> list[Path
         stem = re.sub(r"[^A-Za-z0-9_-]", "-", output.name.split(".")[0]) or "env"
         name = pylockmod.PYLOCK_NAME if stem == "provision" else f"pylock.{stem}.toml"
         pylockmod.check_reference(ref[0], ref[1], lock_dir / LOCK_NAME)
-        target = output.parent / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(ref[0].read_bytes())
+        written.append(fsio.atomic_write(output.parent / name, ref[0].read_bytes()))
         out["pylock"] = {**dict(doc.get("pylock") or {}), "file": name}
-        written.append(target)
     written.insert(0, write_json(output, out))
     return written
 

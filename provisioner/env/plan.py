@@ -15,7 +15,8 @@ from provisioner.env.backends import (CONDA_BACKENDS, INSTALL_TIMEOUT, QUERY_TIM
 from provisioner.env.pylock import PYLOCK_NAME, check_reference, install_argv
 from provisioner.env.record import (DEFAULT_NAME, RECORD_NAME, check_name, default_prefix, expand_path,
                                     is_building_now, read_record, read_registry, record_path)
-from provisioner.env.sources import check_url, find_local_wheels, local_dir, pin_build, pip_find_links, source_args
+from provisioner.env.sources import (check_url, find_local_wheels, local_dir, pin_build, pip_find_links, source_args,
+                                     with_local)
 from provisioner.errors import ProvisionError, UsageError
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ class CreatePlan:
     interpreter: Path | None             # the base interpreter a venv is made from
     torch_requirements: tuple[str, ...]
     package_requirements: tuple[str, ...]
-    torch_source: str                    # "index" | "local"
     torch_index_url: str
     local_wheels: Mapping[str, Path]
     index_url: str | None                # the default index given to uv (pip reads its own)
@@ -81,10 +81,19 @@ class CreatePlan:
     unchecked: Unchecked | None = None
     #: a dry run's plan of a named build this machine visibly cannot run: raised once it is shown
     refusal: ProvisionError | None = None
+    #: uv's --torch-backend tag the install steps use (None: torch from its index or local wheels)
+    torch_backend: str | None = None
+    #: the lock's pylock.toml the environment is installed from (None: installed from the requirements)
+    pylock: Path | None = None
 
     @property
     def prefix(self) -> Path:
         return self.location.prefix
+
+    @property
+    def torch_source(self) -> str:
+        """Where torch comes from: "local" when local wheels stand in for its index, else "index"."""
+        return "local" if self.local_wheels else "index"
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -296,8 +305,9 @@ def python_version(options: CreateOptions, source: ProfileSource) -> tuple[str, 
 
 
 def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Sequence[str],
-                  python: str, environ: Mapping[str, str]) -> Sources:
-    """Index URLs (https unless allowed), wheel folders (which must exist), and the local pinned builds."""
+                  python: str, environ: Mapping[str, str], platforms: Sequence[str] | None = None) -> Sources:
+    """Index URLs (https unless allowed), wheel folders (which must exist), and the local pinned builds
+    that install on `platforms` (this machine's by default; a bundle's target's)."""
     allow = options.allow_insecure_index
     default_index = source.lock.torch_index_url if source.lock else source.profile.torch_index_url
     torch_index = check_url(options.index_url or default_index,
@@ -320,7 +330,7 @@ def wheel_sources(options: CreateOptions, source: ProfileSource, torch_reqs: Seq
     # A local wheel folder that already holds the exact pinned builds answers for the torch index
     # (air-gapped machines, mirrors, CI): the labelled pin cannot match any other build.
     if not options.index_url:
-        local = find_local_wheels(torch_reqs, sources.all_links, python) or {}
+        local = find_local_wheels(torch_reqs, sources.all_links, python, platforms) or {}
         sources = replace(sources, local=local)
     return sources
 
@@ -393,7 +403,8 @@ def decide_existing(existing: Mapping[str, Any] | None, *, spec: Mapping[str, An
 def build_steps(action: str, *, location: Location, existing: Mapping[str, Any] | None, backend: EnvBackend,
                 installer: Installer, python: Path, python_version: str, torch_reqs: Sequence[str],
                 package_reqs: Sequence[str], sources: Sources, profile: Profile,
-                environ: Mapping[str, str], pylock: Path | None = None) -> tuple[Step, ...]:
+                environ: Mapping[str, str], pylock: Path | None = None,
+                backend_tag: str | None = None) -> tuple[Step, ...]:
     """The commands, in order: remove (replace), create, install torch, install packages (or the
     lock's pylock.toml), verify, record."""
     if action == "up-to-date":
@@ -405,7 +416,7 @@ def build_steps(action: str, *, location: Location, existing: Mapping[str, Any] 
     if pylock is not None:
         steps.append(pylock_step(installer, python, pylock, location, exact=not isinstance(backend, CondaBackend)))
     else:
-        steps += install_steps(installer, backend, python, torch_reqs, package_reqs, sources, profile, environ)
+        steps += install_steps(installer, backend, python, torch_reqs, package_reqs, sources, backend_tag, environ)
     steps.append(Step("verify", "verify the environment", (), detail=(
         f"run the verify environment checks with {python} against profile {profile.name}")))
     steps.append(Step("record", "record and lock", (), detail=(
@@ -417,12 +428,12 @@ def build_steps(action: str, *, location: Location, existing: Mapping[str, Any] 
 
 
 def install_steps(installer: Installer, backend: EnvBackend, python: Path, torch_reqs: Sequence[str],
-                  package_reqs: Sequence[str], sources: Sources, profile: Profile,
+                  package_reqs: Sequence[str], sources: Sources, backend_tag: str | None,
                   environ: Mapping[str, str]) -> list[Step]:
-    """torch from its index (or local wheels), then the packages with torch pinned."""
+    """torch from its index (through uv's `backend_tag` where torch_backend() gave one, or local wheels),
+    then the packages with torch pinned."""
     steps: list[Step] = []
     uv = installer.uv is not None
-    backend_tag = torch_backend(installer, sources, profile, environ)
     torch_args = list(torch_reqs)
     if backend_tag is not None:
         # uv sends only the PyTorch packages to the PyTorch index, everything else to the default one
@@ -433,9 +444,7 @@ def install_steps(installer: Installer, backend: EnvBackend, python: Path, torch
         torch_args += ["--index-url", sources.torch_index]
     elif uv and sources.env_index:
         torch_args += ["--index-url", sources.env_index]       # torch's own dependencies
-    # name the folders holding the local wheels, so the plan shows where torch comes from
-    wheel_dirs = tuple(str(p.parent) for p in sources.local.values())
-    torch_links = tuple(dict.fromkeys((sources.all_links if uv else sources.links) + wheel_dirs))
+    torch_links = with_local(sources.all_links if uv else sources.links, sources.local)
     torch_args += source_args(sources.extra, torch_links, uv, environ)
     steps.append(replace(backend.pip_install(python, torch_args, "install torch"), key="torch"))
     if package_reqs:
@@ -530,21 +539,25 @@ def plan_create(options: CreateOptions, *, root: Path, environ: Mapping[str, str
     action = decide_existing(existing, spec=spec, python=python, python_exists=python.exists(),
                              building_now=building, damage=damage, repair=options.repair,
                              force=options.force, prefix=location.prefix, profile=source.profile.name)
+    pylock = source.lock.pylock if source.lock else None
+    # decided once: the install steps use the tag, and so does the pylock.toml compile after them
+    tag = (torch_backend(installer, sources, source.profile, environ)
+           if action != "up-to-date" and pylock is None else None)
     steps = build_steps(action, location=location, existing=existing, backend=backend, installer=installer,
                         python=python, python_version=version, torch_reqs=torch_reqs,
                         package_reqs=package_reqs, sources=sources, profile=source.profile, environ=environ,
-                        pylock=source.lock.pylock if source.lock else None)
+                        pylock=pylock, backend_tag=tag)
     uv = installer.uv is not None
     return CreatePlan(
         action=action, location=location, backend=backend.name, installer=installer.name,
         profile=source.profile, choice=source.choice, facts=facts, python_version=version, python=python,
         interpreter=interpreter, torch_requirements=torch_reqs, package_requirements=package_reqs,
-        torch_source=sources.torch_source, torch_index_url=sources.torch_index, local_wheels=sources.local,
+        torch_index_url=sources.torch_index, local_wheels=sources.local,
         index_url=sources.env_index, extra_index_urls=sources.extra,
         find_links=sources.all_links if uv else sources.links, steps=steps, spec=spec, options=options,
         existing=existing, notes=tuple(notes + tool_notes + where_notes),
         from_lock=source.lock.path if source.lock else None, root=root,
-        unchecked=source.unchecked, refusal=source.refusal,
+        unchecked=source.unchecked, refusal=source.refusal, torch_backend=tag, pylock=pylock,
     )
 
 

@@ -9,7 +9,6 @@ so for pip the lock becomes a hash-checking requirements file (`name==version --
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from provisioner.errors import ProvisionError
+from provisioner.fsio import sha256_file
 
 PYLOCK_NAME = "pylock.toml"
 COMPILE_TIMEOUT = 600
@@ -48,14 +48,6 @@ class Pylock:
 
     def versions(self) -> dict[str, str]:
         return {p.name: p.version for p in self.packages}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read(path: Path) -> Pylock:
@@ -96,10 +88,12 @@ def hashed_requirements(lock: Pylock) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_argv(uv: Path, *, pins: Path, output: Path, python: Path, sources: Sequence[str]) -> list[str]:
-    """uv's resolver, asked for exactly the pins (no dependencies added), written as PEP 751."""
-    return [str(uv), "pip", "compile", str(pins), "--format", "pylock.toml", "--no-deps", "--no-header",
-            "--python", str(python), "--output-file", str(output), "--quiet", *sources]
+def compile_argv(uv: Path, *, requirements: Path, output: Path, options: Sequence[str],
+                 sources: Sequence[str]) -> list[str]:
+    """uv's resolver writing `requirements` as PEP 751 to `output`; `options` say for which Python
+    (`--python PY`, or `--python-version X.Y --python-platform P` for another machine) and how."""
+    return [str(uv), "pip", "compile", str(requirements), "--format", "pylock.toml", "--no-header", "--quiet",
+            *options, "--output-file", str(output), *sources]
 
 
 def install_argv(*, uv: Path | None, python: Path, lock_path: Path, exact: bool,

@@ -238,3 +238,23 @@ def source_args(extra: Sequence[str], links: Sequence[str], uv: bool,
     if uv and environ and environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
         args.append("--no-index")
     return args
+
+
+def with_local(links: Sequence[str], local: Mapping[str, Path]) -> list[str]:
+    """`links` and the folders holding the `local` wheels, each once (the plan then shows where torch
+    comes from)."""
+    return list(dict.fromkeys([*links, *(str(p.parent) for p in local.values())]))
+
+
+def compile_source_args(*, index_url: str | None, torch_index: str, torch_backend: str | None,
+                        local: Mapping[str, Path], extra: Sequence[str], links: Sequence[str],
+                        environ: Mapping[str, str]) -> list[str]:
+    """uv's source options for one `uv pip compile` of torch and the packages together (an environment's
+    pylock.toml, a bundle's resolution): the default index; torch through uv's --torch-backend, else from
+    `torch_index` as the first extra index unless `local` wheels stand in for it; every wheel folder."""
+    args = ["--index-url", index_url] if index_url else []
+    if torch_backend is not None:
+        args += ["--torch-backend", torch_backend]
+    elif not local:
+        extra = [torch_index, *extra]
+    return args + source_args(extra, with_local(links, local), True, environ)

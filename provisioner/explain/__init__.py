@@ -315,7 +315,7 @@ def _driver_fix(facts: Facts, environ: Mapping[str, str]) -> str:
 
 def _fits(facts: Facts, environ: Mapping[str, str]) -> list[str]:
     """Which current Qwen chat models fit each pasted GPU, at which precision (model fit's arithmetic)."""
-    from provisioner.model import fit
+    from provisioner.model import choice, fit
     from provisioner.model import info as modelinfo
 
     info = facts.info
@@ -327,12 +327,12 @@ def _fits(facts: Facts, environ: Mapping[str, str]) -> list[str]:
             continue
         best: dict[str, str] = {}
         for entry in modelinfo.table():
-            family = re.match(r"Qwen/(Qwen2\.5|Qwen3)-[\d.]+B(-Instruct)?$", entry.name)
-            if family is None:
+            if not choice.is_current_chat(entry.name):     # `up`'s candidates: Qwen2.5 Instruct, Qwen3
                 continue
-            report = fit.fit(entry.spec, gpu_free_bytes=g.memory_total, context=4096)
+            report = fit.fit(entry.spec, gpu_free_bytes=g.memory_total, context=choice.MIN_CONTEXT)
             if report.recommended is not None:
-                best[family[1]] = f"{entry.name} in {report.recommended.quant}"   # the table runs small to large
+                family = entry.name.split("-", 1)[0]       # "Qwen/Qwen2.5", "Qwen/Qwen3"
+                best[family] = f"{entry.name} in {report.recommended.quant}"   # the table runs small to large
         if best:
             lines.append(f"GPU {g.index} {g.name} ({g.memory_total // MIB} MiB), the whole card at 4k "
                          f"context: largest that fits: " + "; ".join(best.values())

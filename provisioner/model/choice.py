@@ -91,6 +91,7 @@ class ModelChoice:
 
 
 def is_current_chat(name: str) -> bool:
+    """Whether a table name is one of `up`'s candidates (also what `provision explain` says fits)."""
     return CURRENT_CHAT.match(name) is not None
 
 

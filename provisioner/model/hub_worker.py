@@ -23,7 +23,6 @@ metadata) without downloading again. Small files go through `hf_hub_download` di
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from provisioner.fsio import sha256_file
 from provisioner.model.hub import (COMMIT_HASH, Endpoint, RepoFile, data_host_verdict, partial_path,
                                    repo_cache_folder, select_files)
 
@@ -159,14 +159,6 @@ def _op_plan(req: Mapping[str, Any]) -> dict[str, Any]:
             "skipped": [f.__dict__ for f in skip]}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 #: Transient failures in a row (no byte received in between) before a transfer gives up, as
 #: huggingface_hub's own http_get allows.
 RETRIES = 5
@@ -232,7 +224,7 @@ def _fetch_lfs(req: Mapping[str, Any], f: RepoFile, target: Path, local: bool) -
     if urlsplit(meta.location).hostname != ep.host:
         headers.pop("authorization", None)   # never send the token to a CDN (as file_download does)
     _append_range(meta.location, partial, size, headers, f.path)
-    if f.sha256 and _sha256(partial) != f.sha256:
+    if f.sha256 and sha256_file(partial) != f.sha256:
         partial.unlink()
         raise _IntegrityError(f"{f.path}: the downloaded bytes do not match the sha256 the hub lists")
     if local:

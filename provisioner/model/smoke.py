@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from provisioner import proc, state
+from provisioner.env.probe import PROBE_TIMEOUT
 from provisioner.errors import CommandError, ProvisionError
 
 # `X as X`: callers and the tests use them as smoke.X
@@ -22,8 +23,6 @@ from provisioner.units import human_bytes
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 SMOKE_SCRIPT = SCRIPTS / "smoke_chat.py"
-#: The probe's share of a combined probe + chat run (as env.probe.PROBE_TIMEOUT).
-PROBE_TIMEOUT = 300
 #: A current Qwen chat model small enough for any GPU with 4 GB (about 1.2 GiB in nf4).
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 DEFAULT_PROMPT = "Hello! How are you?"
@@ -95,7 +94,7 @@ def smoke_command(python: Path, model: str, *, quant: str = "nf4", prompt: str =
 
 
 def run_with_probe(python: Path, model: str = DEFAULT_MODEL, *, environ: Mapping[str, str],
-                   timeout: float = 900 + PROBE_TIMEOUT,
+                   timeout: float = 900 + PROBE_TIMEOUT,      # the chat's, plus the probe's own
                    **options: Any) -> tuple[SmokeResult, dict[str, Any] | None, str | None]:
     """The env probe, then the smoke chat, in ONE process of the environment (one torch import):
     (the chat's result, the probe's report, why there is no report).

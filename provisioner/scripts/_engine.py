@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import copy
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,9 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import _loader
-
-#: Template variables passed to every chat template (no <think> block unless a request asks for one).
-NO_THINKING: dict[str, Any] = dict(_loader.NO_THINKING)
 
 
 class Busy(Exception):
@@ -48,7 +46,7 @@ class Job:
     sample: bool
     on_text: Callable[[str], None]
     on_done: Callable[[dict[str, Any] | None, BaseException | None], None]
-    template: Mapping[str, Any] = field(default_factory=lambda: dict(NO_THINKING))
+    template: Mapping[str, Any] | None = None   # the chat template's variables; None: _loader.NO_THINKING
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -78,14 +76,10 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self.thread.start()
 
-    def prompt_tokens(self, messages: list[dict[str, str]], template: Mapping[str, Any] = NO_THINKING) -> int:
-        """How many tokens the prompt of `messages` takes (chat template and generation prompt included)."""
+    def prompt_tokens(self, messages: list[dict[str, str]], template: Mapping[str, Any] | None = None) -> int:
+        """How many tokens the prompt of `messages` takes: encoded as generate encodes it."""
         with self._count_lock:   # the counting copy is shared by the callers' threads
-            ids = self.counter.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                   **template)
-        if isinstance(ids, Mapping):   # some tokenizers return a BatchEncoding here
-            ids = ids["input_ids"]
-        return len(ids)
+            return int(_loader.encode(self.counter, messages, template)["input_ids"].shape[1])
 
     def submit(self, job: Job) -> None:
         """Queue `job` behind the others, or raise Busy when `max_waiting` are waiting already."""
@@ -161,55 +155,6 @@ def context_length(loaded: _loader.Loaded) -> int | None:
     return None
 
 
-def precision(info: Mapping[str, Any]) -> str:
-    """"nf4 (4-bit, float32 compute)", "int8", "float16": how the weights are held."""
-    quant = info.get("quant")
-    if quant == "nf4":
-        return f"nf4 (4-bit, {info.get('compute_dtype')} compute)"
-    if quant == "int8":
-        return "int8 (8-bit)"
-    return str(info.get("dtype"))
-
-
-def device(info: Mapping[str, Any]) -> str:
-    gpu = info.get("gpu") or {}
-    name = gpu.get("name") if isinstance(gpu, Mapping) else None
-    return f"{info.get('device')} ({name})" if name else str(info.get("device"))
-
-
-def load_or_explain(model: str, *, quant: str, dtype: str, trust_remote_code: bool,
-                    what: str) -> _loader.Loaded | None:
-    """Load as the smoke chat does; on failure print one error and a hint (as chat_repl) and return None."""
-    import sys
-
-    if trust_remote_code:
-        _loader.eprint("warning: --trust-remote-code runs Python code that comes with the model")
-    _loader.eprint(f"loading {model} ({quant}) ...")
-    try:
-        loaded = _loader.load(model, quant=quant, dtype=dtype, trust_remote_code=trust_remote_code)
-    except _loader.ModelNotFound as e:
-        _loader.eprint(f"error: {e}")
-        _loader.eprint("hint: pass a folder holding config.json and the weights, or a hub id "
-                       "(provision model download ID --local-dir DIR)")
-        return None
-    except ModuleNotFoundError as e:
-        _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
-        _loader.eprint(f"hint: pass the chat environment with --env, or build one: provision env create; "
-                       f"{what} installs what it needs itself")
-        return None
-    except Exception as e:  # noqa: BLE001 - one line for the user; `provision verify --smoke-chat` diagnoses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _loader.eprint(f"error: loading {model} failed: {type(e).__name__}: {first}")
-        _loader.eprint(f"hint: `provision verify --smoke-chat --model {model} --env {sys.prefix}` says why")
-        return None
-    info = loaded.info
-    _loader.eprint(f"loaded in {info['load_s']:.1f} s on {device(info)} "
-                   f"({_loader.human(info.get('footprint_bytes'))} of weights, {precision(info)})")
-    return loaded
-
-
 def display_name(model: str) -> str:
     """The id clients see: a hub id as it is, a local folder by its name."""
-    import os
-
     return os.path.basename(os.path.normpath(os.path.expanduser(model))) if _loader.looks_local(model) else model

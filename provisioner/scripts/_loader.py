@@ -1,4 +1,4 @@
-"""Load a chat model the walkthrough's way, stream one reply, and measure it (shared by smoke_chat and chat_repl).
+"""Load a chat model the walkthrough's way, stream one reply, and measure it (shared by every script that loads a model).
 
 Runs inside the TARGET environment's interpreter, never inside provision: only the standard library is
 imported at module level; torch, transformers and bitsandbytes are imported by the functions. The scripts
@@ -20,7 +20,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,7 +311,7 @@ def generation_kwargs(model: Any, tok: Any, *, max_new_tokens: int, sample: bool
 NO_THINKING: Mapping[str, Any] = {"enable_thinking": False}
 
 
-def encode(tok: Any, messages: list[Mapping[str, str]], template: Mapping[str, Any] | None = None) -> Any:
+def encode(tok: Any, messages: Sequence[Mapping[str, str]], template: Mapping[str, Any] | None = None) -> Any:
     """The chat template applied to `messages`; `template` holds its variables (NO_THINKING by default)."""
     if not getattr(tok, "chat_template", None):
         raise NoChatTemplate("the tokenizer has no chat template (a base model, not a chat model)")
@@ -377,7 +377,7 @@ def _streamer(tok: Any, on_text: Callable[[str], None]) -> Any:
     return CallbackStreamer(tok, skip_prompt=True, skip_special_tokens=True)
 
 
-def generate(loaded: Loaded, messages: list[Mapping[str, str]], *, max_new_tokens: int = 64,
+def generate(loaded: Loaded, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 64,
              sample: bool = False, on_text: Callable[[str], None] | None = None,
              stop: threading.Event | None = None, notes: Notes | None = None,
              template: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -483,3 +483,82 @@ def human(n: float | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def add_model_arguments(parser: Any) -> None:
+    """MODEL, --quant, --dtype and --trust-remote-code: the arguments of every script that loads a model."""
+    parser.add_argument("model")
+    parser.add_argument("--quant", choices=QUANTS, default="nf4")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line: what one `error:` line has room for."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def precision(info: Mapping[str, Any]) -> str:
+    """"nf4 (4-bit, float32 compute)", "int8", "float16": how the weights are held."""
+    quant = info.get("quant")
+    if quant == "nf4":
+        return f"nf4 (4-bit, {info.get('compute_dtype')} compute)"
+    if quant == "int8":
+        return "int8 (8-bit)"
+    return str(info.get("dtype"))
+
+
+def device(info: Mapping[str, Any]) -> str:
+    """"cuda:0 (NVIDIA H200)", "cpu": where the model was placed."""
+    gpu = info.get("gpu") or {}
+    name = gpu.get("name") if isinstance(gpu, Mapping) else None
+    return f"{info.get('device')} ({name})" if name else str(info.get("device"))
+
+
+def explain_missing(exc: ModuleNotFoundError, hint: str) -> None:
+    """The error and hint for a package this environment lacks."""
+    eprint(f"error: this environment ({sys.prefix}) lacks {exc.name}")
+    eprint(f"hint: {hint}")
+
+
+def load_or_explain(model: str, *, quant: str, dtype: str, trust_remote_code: bool, what: str | None = None,
+                    worker: Worker | None = None, verbose: bool = True) -> Loaded | None:
+    """The start of the terminal chat, the web chat and the server: load as the smoke chat does (on
+    `worker` when given); on failure print one error and a hint and return None. `what` names the
+    front end that installs its own packages; `verbose` prints the loading and loaded lines."""
+    if trust_remote_code:
+        eprint("warning: --trust-remote-code runs Python code that comes with the model")
+    if verbose:
+        eprint(f"loading {model} ({quant}) ...")
+    call = worker.call if worker is not None else (lambda fn, *a, **k: fn(*a, **k))
+    try:
+        loaded: Loaded = call(load, model, quant=quant, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ModelNotFound as e:
+        eprint(f"error: {e}")
+        eprint("hint: pass a folder holding config.json and the weights, or a hub id "
+               "(provision model download ID --local-dir DIR)")
+        return None
+    except ModuleNotFoundError as e:
+        explain_missing(e, "pass the chat environment with --env, or build one: provision env create"
+                           + (f"; {what} installs what it needs itself" if what else ""))
+        return None
+    except Exception as e:  # noqa: BLE001 - one line for the user; `provision verify --smoke-chat` diagnoses
+        eprint(f"error: loading {model} failed: {type(e).__name__}: {first_line(e)}")
+        eprint(f"hint: `provision verify --smoke-chat --model {model} --env {sys.prefix}` says why")
+        return None
+    if verbose:
+        info = loaded.info
+        eprint(f"loaded in {info['load_s']:.1f} s on {device(info)} "
+               f"({human(info.get('footprint_bytes'))} of weights, {precision(info)})")
+    return loaded
+
+
+def exit_on_ctrl_c(run: Callable[[Any], int], args: Any) -> int:
+    """`run(args)`, a script's body; Ctrl-C outside a reply (while loading, between turns) leaves quietly
+    with 130, as shells expect."""
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130

@@ -27,12 +27,9 @@ HELP = "/reset clears the history, /exit quits, Ctrl-C stops a reply"
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="chat_repl.py", description=__doc__.splitlines()[0])
-    p.add_argument("model")
-    p.add_argument("--quant", choices=_loader.QUANTS, default="nf4")
-    p.add_argument("--dtype", choices=_loader.DTYPES, default="auto")
+    _loader.add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--system", default=None)
-    p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--greedy", action="store_true",
                    help="greedy decoding (default: the walkthrough's temperature 0.6, top_p 0.9)")
     p.add_argument("--stats", action="store_true", help="print tokens/s after each reply")
@@ -135,52 +132,24 @@ def one_shot(chat: Chat, prompt: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = parse(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        # Ctrl-C outside a reply (while loading, between turns): leave quietly, as shells expect.
-        print(file=sys.stderr)
-        return 130
+    return int(_loader.exit_on_ctrl_c(run, parse(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
     tty = sys.stdin.isatty()
-    if args.trust_remote_code:
-        _loader.eprint("warning: --trust-remote-code runs Python code that comes with the model")
     prompt = ""
-    if tty:
-        _loader.eprint(f"loading {args.model} ({args.quant}) ...")
-    else:
+    if not tty:
         # Read the whole prompt before the slow load, so an empty pipe fails at once.
         prompt = sys.stdin.read().strip()
         if not prompt:
             _loader.eprint("error: no prompt on stdin (pipe one in, or run in a terminal to chat)")
             return 2
-    notes = _loader.Notes()
+    # Loaded on the worker, so that torch's threads start with SIGINT blocked (see _loader.Worker).
     worker = _loader.Worker()
-    try:
-        loaded = worker.call(_loader.load, args.model, quant=args.quant, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code, notes=notes)
-    except _loader.ModelNotFound as e:
-        _loader.eprint(f"error: {e}")
-        _loader.eprint("hint: pass a folder holding config.json and the weights, or a hub id "
-                       "(provision model download ID --local-dir DIR)")
+    loaded = _loader.load_or_explain(args.model, quant=args.quant, dtype=args.dtype,
+                                     trust_remote_code=args.trust_remote_code, worker=worker, verbose=tty)
+    if loaded is None:
         return 1
-    except ModuleNotFoundError as e:
-        _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
-        _loader.eprint("hint: pass the chat environment with --env, or build one: provision env create")
-        return 1
-    except Exception as e:  # noqa: BLE001 - one line for the user; `provision verify --smoke-chat` diagnoses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _loader.eprint(f"error: loading {args.model} failed: {type(e).__name__}: {first}")
-        _loader.eprint(f"hint: `provision verify --smoke-chat --model {args.model} --env {sys.prefix}` "
-                       f"says why")
-        return 1
-    info = loaded.info
-    if tty:
-        _loader.eprint(f"loaded in {info['load_s']:.1f} s on {info['device']} "
-                       f"({_loader.human(info.get('footprint_bytes'))} of weights)")
     chat = Chat(loaded, args, worker)
     try:
         return interactive(chat) if tty else one_shot(chat, prompt)
@@ -189,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
         _loader.eprint("hint: use the chat variant of the model (...-Instruct, ...-Chat)")
         return 1
     except Exception as e:  # noqa: BLE001 - one line for the user, as for a failed load
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _loader.eprint(f"error: generating a reply failed: {type(e).__name__}: {first}")
+        _loader.eprint(f"error: generating a reply failed: {type(e).__name__}: {_loader.first_line(e)}")
         if _loader.is_oom(e):
             _loader.eprint(f"hint: out of memory: see what fits with `provision model fit {args.model}`, "
                            f"or pass a smaller --max-new-tokens or --quant nf4")

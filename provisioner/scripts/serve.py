@@ -41,9 +41,7 @@ DISCONNECT_POLL_S = 0.25
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="serve.py", description=__doc__.splitlines()[0])
-    p.add_argument("model")
-    p.add_argument("--quant", choices=_loader.QUANTS, default="nf4")
-    p.add_argument("--dtype", choices=_loader.DTYPES, default="auto")
+    _loader.add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (the one taken is printed)")
     p.add_argument("--max-new-tokens", type=int, default=512,
@@ -59,7 +57,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--thinking", action="store_true",
                    help="let templates that can think (Qwen3) think; a request may say so itself "
                         "with chat_template_kwargs")
-    p.add_argument("--trust-remote-code", action="store_true")
     return p.parse_args(argv)
 
 
@@ -149,7 +146,7 @@ class Server:
         if body.get("stop"):
             raise RequestError(400, "stop sequences are not supported; the reply ends at the model's own end",
                                param="stop")
-        template = dict(_engine.NO_THINKING)
+        template = dict(_loader.NO_THINKING)
         if self.args.thinking:
             template["enable_thinking"] = True
         extra = body.get("chat_template_kwargs")
@@ -200,6 +197,13 @@ def finish_reason(result: dict[str, Any]) -> str:
 def usage_of(prompt: int, result: dict[str, Any]) -> dict[str, int]:
     n = int(result["n_new_tokens"])
     return {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+
+
+def failure(error: BaseException) -> dict[str, Any]:
+    """The OpenAI error body for a generation that raised, in a plain reply or a stream."""
+    kind = "out_of_memory" if _loader.is_oom(error) else "server_error"
+    return {"error": {"message": f"generating the reply failed: {type(error).__name__}: {error}", "type": kind,
+                      "param": None, "code": None}}
 
 
 def app(server: Server) -> Any:
@@ -265,17 +269,11 @@ def app(server: Server) -> Any:
             job.stop.set()   # a no-op once done; stops the reply when the client left or the server stops
         result, error = value
         if error is not None:
-            return failed(error)
+            return JSONResponse(failure(error), status_code=500)
         return {"id": rid, "object": "chat.completion", "created": created, "model": server.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result["reply"]},
                              "finish_reason": finish_reason(result)}],
                 "usage": usage_of(prompt, result)}
-
-    def failed(error: BaseException) -> JSONResponse:
-        message = f"generating the reply failed: {type(error).__name__}: {error}"
-        kind = "out_of_memory" if _loader.is_oom(error) else "server_error"
-        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                            status_code=500)
 
     return api
 
@@ -285,10 +283,14 @@ async def sse(server: Server, request: Any, job: _engine.Job, pieces: asyncio.Qu
     """The reply as OpenAI `chat.completion.chunk` events; leaving early (the client went away, and
     Starlette cancels this generator, or a poll finds it gone) stops the generation."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        doc = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": server.model_id,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    def event(doc: dict[str, Any]) -> str:
         return f"data: {json.dumps(doc, ensure_ascii=False)}\n\n"
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+        """A chat.completion.chunk with one choice, or with none (the usage chunk) when `delta` is None."""
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": server.model_id,
+                      "choices": choices, **extra})
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -307,15 +309,11 @@ async def sse(server: Server, request: Any, job: _engine.Job, pieces: asyncio.Qu
             elif kind == "done":
                 result, error = value
                 if error is not None:
-                    err = {"message": f"generating the reply failed: {type(error).__name__}: {error}",
-                           "type": "server_error", "param": None, "code": None}
-                    yield f"data: {json.dumps({'error': err})}\n\n"
+                    yield event(failure(error))
                     return
                 yield chunk({}, finish_reason(result))
                 if usage:
-                    doc = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                           "model": server.model_id, "choices": [], "usage": usage_of(prompt, result)}
-                    yield f"data: {json.dumps(doc)}\n\n"
+                    yield chunk(None, usage=usage_of(prompt, result))
                 yield "data: [DONE]\n\n"
                 return
     finally:
@@ -341,12 +339,7 @@ def url(sock: socket.socket, host: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parse(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    return int(_loader.exit_on_ctrl_c(run, parse(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,8 +347,7 @@ def run(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401 - checked before the slow load
         import uvicorn
     except ModuleNotFoundError as e:
-        _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
-        _loader.eprint("hint: `provision serve` installs the server stack into it (fastapi, uvicorn)")
+        _loader.explain_missing(e, "`provision serve` installs the server stack into it (fastapi, uvicorn)")
         return 1
     try:
         sock = listen(args.host, args.port)
@@ -363,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         _loader.eprint(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}")
         _loader.eprint("hint: pass another --port (0 takes any free one)")
         return 1
-    loaded = _engine.load_or_explain(args.model, quant=args.quant, dtype=args.dtype,
+    loaded = _loader.load_or_explain(args.model, quant=args.quant, dtype=args.dtype,
                                      trust_remote_code=args.trust_remote_code, what="`provision serve`")
     if loaded is None:
         return 1

@@ -35,9 +35,7 @@ MONO = ["ui-monospace", "monospace"]
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="web_chat.py", description=__doc__.splitlines()[0])
-    p.add_argument("model")
-    p.add_argument("--quant", choices=_loader.QUANTS, default="nf4")
-    p.add_argument("--dtype", choices=_loader.DTYPES, default="auto")
+    _loader.add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860, help="0: any free port (the one taken is printed)")
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -45,7 +43,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--greedy", action="store_true",
                    help="greedy decoding (default: the walkthrough's temperature 0.6, top_p 0.9)")
     p.add_argument("--thinking", action="store_true", help="let templates that can think (Qwen3) think")
-    p.add_argument("--trust-remote-code", action="store_true")
     return p.parse_args(argv)
 
 
@@ -77,8 +74,8 @@ class WebChat:
 
     def facts(self, last: dict[str, Any] | None = None, state: str = "") -> str:
         info = self.engine.loaded.info
-        line = (f"**Model** `{self.name}` · **Precision** {_engine.precision(info)} · "
-                f"**Device** {_engine.device(info)}")
+        line = (f"**Model** `{self.name}` · **Precision** {_loader.precision(info)} · "
+                f"**Device** {_loader.device(info)}")
         if last is not None:
             rate = last.get("tokens_per_s") or 0.0
             line += (f" · **Last reply** {last['n_new_tokens']} tokens, "
@@ -98,9 +95,8 @@ class WebChat:
         job = _engine.Job(messages=self.messages(history), max_new_tokens=self.args.max_new_tokens,
                           sample=not self.args.greedy,
                           on_text=lambda text: pieces.put(("text", text)),
-                          on_done=lambda result, error: pieces.put(("done", (result, error))))
-        if self.args.thinking:
-            job.template = {"enable_thinking": True}
+                          on_done=lambda result, error: pieces.put(("done", (result, error))),
+                          template={"enable_thinking": True} if self.args.thinking else None)
         session.job = job
         try:
             self.engine.submit(job)
@@ -218,12 +214,7 @@ def free_port(host: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = parse(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    return int(_loader.exit_on_ctrl_c(run, parse(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,10 +223,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         gr = _gradio()
     except ModuleNotFoundError as e:
-        _loader.eprint(f"error: this environment ({sys.prefix}) lacks {e.name}")
-        _loader.eprint("hint: `provision chat --web` installs Gradio into it")
+        _loader.explain_missing(e, "`provision chat --web` installs Gradio into it")
         return 1
-    loaded = _engine.load_or_explain(args.model, quant=args.quant, dtype=args.dtype,
+    loaded = _loader.load_or_explain(args.model, quant=args.quant, dtype=args.dtype,
                                      trust_remote_code=args.trust_remote_code, what="`provision chat --web`")
     if loaded is None:
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ def managed_name(root: Path, link: str) -> str | None:
     if directory != ALTDIR or not name:
         return None
     return name if under_root(root, ADMINDIR).joinpath(name).is_file() else None
+
+
+def on_path(environ: Mapping[str, str]) -> bool:
+    """Whether the tool is on the run's PATH (a link it manages is then changed through it)."""
+    return shutil.which(TOOL, path=environ.get("PATH", os.defpath)) is not None
 
 
 def priority(version: CudaVersion) -> int:

@@ -9,22 +9,22 @@ from provisioner.up.types import StageOutcome
 
 def choose_profile(up: Any, name: str) -> StageOutcome:
     """The bundle's profile, as its lock pins it; refused (the stage fails) where this machine cannot
-    run that build. `up` is the runner (stages.Run; not imported here: stages imports this module)."""
+    run that build. `up.o.bundle` is the folder `provision up --bundle` verified before the plan, so
+    this reads its manifest and lock without hashing every file again (the environment stage verifies
+    it once more, right before installing). `up` is the runner (stages.Run; not imported here: stages
+    imports this module)."""
     from provisioner.bundle import install
 
     assert up.state.machine is not None and up.o.bundle is not None
-    bundle = install.open_bundle(up.o.bundle, up.environ)
-    problems = install.check_profile(bundle, up.state.machine)
+    manifest, profile, problems = install.bundle_profile(up.o.bundle, up.state.machine)
     if problems:
-        raise up.fail(name, "", f"bundle {bundle.source} is a {bundle.manifest.variant} build of profile "
-                      f"{bundle.manifest.profile} that this machine cannot run: " + "; ".join(problems),
+        raise up.fail(name, "", f"bundle {up.o.bundle} is a {manifest.variant} build of profile "
+                      f"{manifest.profile} that this machine cannot run: " + "; ".join(problems),
                       "make a bundle for this machine's profile (`provision verify` here says which)")
-    up.state.profile = install.profile_of(bundle)
-    return StageOutcome(name, "done", f"{bundle.manifest.profile}: from bundle {bundle.source} "
-                        f"({' '.join(bundle.manifest.torch)}, Python {bundle.manifest.python}, "
-                        f"{bundle.manifest.platform})",
-                        {"profile": bundle.manifest.profile, "bundle": str(bundle.source),
-                         "manifest_sha256": bundle.manifest.sha256})
+    up.state.profile = profile
+    return StageOutcome(name, "done", f"{manifest.profile}: from bundle {up.o.bundle} "
+                        f"({' '.join(manifest.torch)}, Python {manifest.python}, {manifest.platform})",
+                        {"profile": manifest.profile, "bundle": str(up.o.bundle), "manifest_sha256": manifest.sha256})
 
 
 def environment(up: Any, name: str, prefix: Any) -> StageOutcome:

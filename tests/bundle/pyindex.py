@@ -29,7 +29,8 @@ def make_wheel(name: str, version: str, tag: str, requires: list[str], *, payloa
     dist = f"{name}-{version}.dist-info"
     metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
                           *(f"Requires-Dist: {r}" for r in requires), ""]).encode()
-    wheel = f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()
+    purelib = str(tag.endswith("-any")).lower()
+    wheel = f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: {purelib}\nTag: {tag}\n".encode()
     files = {f"{name}/__init__.py": f"__version__ = {version!r}\n".encode(), f"{dist}/METADATA": metadata,
              f"{dist}/WHEEL": wheel}
     if payload:

@@ -10,18 +10,14 @@ own dependencies) is resolved from the package registry, as in a real run.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from provisioner.units import human_bytes
 from tests.bundle.pyindex import IndexWheel, PyIndex, make_wheel
-from tests.fixtures_env import REPO, isolated_environ, run_provision
+from tests.fixtures_env import interrupt_at, isolated_environ, run_provision
 
 CU126_TORCH = "torch-2.13.0+cu126-cp311-cp311-manylinux_2_28_x86_64.whl"
 
@@ -94,22 +90,7 @@ def _kill_mid_file(argv: list[str], env: dict[str, str], part: Path, at: int, si
                    log: Path) -> tuple[int, str]:
     """Run `provision ARGV`; once `part` holds `at` bytes (the index holds the connection there), send `sig`
     to its process group, as a terminal's Ctrl-C does (SIGINT) or a kill -9 (SIGKILL)."""
-    with open(log, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "provisioner", *argv], env=env, cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (part.is_file() and part.stat().st_size >= at):
-            assert child.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        os.killpg(child.pid, sig)
-        code = child.wait(timeout=120)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    return code, log.read_text()
+    return interrupt_at(argv, env, lambda: part.is_file() and part.stat().st_size >= at, sig, log)
 
 
 @pytest.mark.slow

@@ -80,10 +80,13 @@ def test_a_cpu_bundle_installs_and_answers_with_no_network(cpu_bundle: MadeBundl
     assert doc["profile"] == json.loads((cpu_env.prefix / "provision.lock.json").read_text())["profile"]
     assert (prefix / "pylock.toml").read_bytes() == (bundle / "lock" / "pylock.toml").read_bytes()
     assert doc["pylock"]["sha256"] == hashlib.sha256((prefix / "pylock.toml").read_bytes()).hexdigest()
-    online_hashes = pylockmod.read(online.pylock).hashes() if online.pylock else {}
-    for name, hashes in pylockmod.read(prefix / "pylock.toml").hashes().items():
-        if name in online_hashes and name != "torch":
-            assert set(hashes) & set(online_hashes[name]), name
+    assert online.pylock is not None
+    online_hashes = pylockmod.read(online.pylock).hashes()
+    offline_hashes = pylockmod.read(prefix / "pylock.toml").hashes()
+    shared = [name for name in offline_hashes if name in online_hashes and name != "torch"]
+    assert shared
+    for name in shared:
+        assert set(offline_hashes[name]) & set(online_hashes[name]), name
     # and it is an environment verify accepts
     checked = _offline(no_network, [*provision, "--root", str(root), "--json", "verify",
                                     "--env", str(prefix)], environ)

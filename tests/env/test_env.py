@@ -384,13 +384,13 @@ class _Terminal(io.StringIO):
 
 def test_long_steps_get_a_spinner_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     from provisioner.cli.app import App
-    from provisioner.cli.env import _spinner
+    from provisioner.cli.ui import spinners
 
-    assert _spinner(App(environ={})) is None                   # pytest's stderr is not a terminal
-    assert _spinner(App(environ={}, json=True)) is None
+    assert spinners(App(environ={})) is None                   # pytest's stderr is not a terminal
+    assert spinners(App(environ={}, json=True)) is None
     screen = _Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    status = _spinner(App(environ={"NO_COLOR": "1"}))
+    status = spinners(App(environ={"NO_COLOR": "1"}))
     assert status is not None
     with status("install torch"):
         time.sleep(0.3)

@@ -243,17 +243,6 @@ def test_a_condarc_with_envs_dirs_leaves_it_to_the_build(tmp_path: Path) -> None
 
 # --- after the build: the GPU checks are the target's; the package and build checks still run --------
 
-@pytest.fixture(scope="module")
-def chat_probe(chat_env_python: Path) -> dict[str, Any]:
-    """The real probe of the shared chat env (CPU torch 2.13.0, bitsandbytes 0.50.2), once."""
-    from provisioner.env import probe
-
-    target = envtarget.EnvTarget("venv", chat_env_python.parent.parent, chat_env_python)
-    report, problem = probe.run(target, dict(os.environ))
-    assert problem is None and report is not None
-    return report
-
-
 def as_cu126(probe: dict[str, Any]) -> dict[str, Any]:
     """The chat env's probe with torch as the cu126 build reports itself on a machine without a GPU: no CUDA
     wheel can be installed here (several GB), so the CUDA side runs on this data."""

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from provisioner import fsio
 from provisioner.env import pylock
 from provisioner.env.choose import GpuFact, MachineFacts
 from provisioner.env.plan import CreateOptions, plan_create, uv_torch_backends
+from provisioner.errors import ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 from tests.fixtures_env import BuiltEnv, isolated_environ, run_provision, uv_dir
 
@@ -46,7 +48,7 @@ def record_hashes(prefix: Path) -> dict[str, dict[str, str]]:
 def test_build_writes_a_pylock_with_urls_and_hashes(cpu_env: BuiltEnv) -> None:
     doc = json.loads((cpu_env.prefix / "provision.lock.json").read_text())
     target = cpu_env.prefix / pylock.PYLOCK_NAME
-    assert doc["pylock"] == {"file": "pylock.toml", "sha256": pylock.sha256_file(target)}
+    assert doc["pylock"] == {"file": "pylock.toml", "sha256": fsio.sha256_file(target)}
     locked = pylock.read(target)
     # every distribution the environment holds (pip aside, a uv venv has none) is in it, same version
     want = {**doc["packages"], "torch": doc["torch"]["requirements"][0].split("==")[1]}
@@ -58,7 +60,7 @@ def test_build_writes_a_pylock_with_urls_and_hashes(cpu_env: BuiltEnv) -> None:
     torch = next(p for p in locked.packages if p.name == "torch")
     # the CPU build came from the local wheel folder; the lock names that very file and its hash
     wheel = Path(torch.urls[0].removeprefix("file://"))
-    assert wheel.name.startswith("torch-2.13.0+cpu-") and f"sha256:{pylock.sha256_file(wheel)}" in torch.hashes
+    assert wheel.name.startswith("torch-2.13.0+cpu-") and f"sha256:{fsio.sha256_file(wheel)}" in torch.hashes
 
 
 def test_hashed_requirements_is_one_line_per_package(cpu_env: BuiltEnv) -> None:
@@ -76,7 +78,7 @@ def test_hashed_requirements_is_one_line_per_package(cpu_env: BuiltEnv) -> None:
 def test_bad_pylock_files(tmp_path: Path, text: str, message: str) -> None:
     bad = tmp_path / "pylock.toml"
     bad.write_text(text)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(ProvisionError, match=message):
         pylock.read(bad)
 
 
@@ -114,7 +116,7 @@ def test_from_lock_rebuilds_identical_wheels(cpu_env: BuiltEnv, exported: Path, 
     # and the new environment's pylock is the one it was built from
     assert pylock.read(prefix / "pylock.toml").hashes() == pylock.read(cpu_env.prefix / "pylock.toml").hashes()
     again = json.loads((prefix / "provision.lock.json").read_text())
-    assert again["pylock"]["sha256"] == pylock.sha256_file(exported.parent / "pylock.llm.toml")
+    assert again["pylock"]["sha256"] == fsio.sha256_file(exported.parent / "pylock.llm.toml")
 
 
 def test_a_changed_pylock_is_refused_before_anything_happens(cpu_env: BuiltEnv, exported: Path,
@@ -136,7 +138,7 @@ def test_a_tampered_hash_is_caught_by_uv(cpu_env: BuiltEnv, exported: Path, tmp_
     torch_hash = next(p for p in pylock.read(locked).packages if p.name == "torch").hashes[0].split(":")[1]
     locked.write_text(text.replace(torch_hash, "0" * 64))
     doc = json.loads(exported.read_text())
-    doc["pylock"]["sha256"] = pylock.sha256_file(locked)
+    doc["pylock"]["sha256"] = fsio.sha256_file(locked)
     exported.write_text(json.dumps(doc))
     prefix = tmp_path / "rebuilt"
     done = run_provision(["--root", str(cpu_env.root), "env", "create", "--prefix", str(prefix),

@@ -2,13 +2,10 @@
 judged by their tags, with pip itself deciding the same question beside provision."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import zipfile
-from base64 import urlsafe_b64encode
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -21,6 +18,7 @@ from provisioner.env import sources
 from provisioner.env.backends import step_environ
 from provisioner.env.choose import MachineFacts
 from provisioner.env.plan import CreateOptions, plan_create
+from tests.bundle import pyindex
 from tests.fixtures_env import isolated_environ
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -34,22 +32,11 @@ FOREIGN = ("manylinux_2_28_aarch64", "musllinux_1_2_x86_64", "win_amd64", "macos
 # --- builders and pip's own answers ----------------------------------------------------------------
 
 def make_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
-    """A minimal valid wheel (PEP 427): a module, METADATA, WHEEL naming its tag, RECORD with hashes."""
+    """A minimal valid wheel (PEP 427) of `name` with tag `tag`, written into `folder`."""
+    filename, data, _metadata = pyindex.make_wheel(name, version, tag, [])
     folder.mkdir(parents=True, exist_ok=True)
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": b"",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{info}/WHEEL": (f"Wheel-Version: 1.0\nGenerator: provision-tests\n"
-                          f"Root-Is-Purelib: {str(tag.endswith('-any')).lower()}\nTag: {tag}\n").encode(),
-    }
-    record = [f"{path},sha256={urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
-              for path, data in files.items()]
-    wheel = folder / f"{name}-{version}-{tag}.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        for path, data in files.items():
-            z.writestr(path, data)
-        z.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    wheel = folder / filename
+    wheel.write_bytes(data)
     return wheel
 
 

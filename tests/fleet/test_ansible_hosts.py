@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from tests.conftest import CACHE
 from tests.fixtures_env import uv_dir
 from tests.fixtures_nvml import H100, FakeMachine
 from tests.fleet import sshhosts
-from tests.fleet.ansible_run import Ansible, missing, write_inventory
+from tests.fleet.ansible_run import Ansible, Played, missing, write_inventory
 from tests.helpers_cuda import link_cuda, make_toolkit, tree_digest
 
 PLAYBOOK = "provisioner.gpu.fleet"
@@ -44,6 +44,17 @@ class Fleet:
 
     def results(self, name: str) -> Path:
         return self.base / name
+
+    def play(self, results: str, *args: str, extra: Mapping[str, object] | None = None,
+             playbook: str | Path = PLAYBOOK) -> Played:
+        """`playbook` with the `extra` vars, each host's result saved in results(`results`)."""
+        return self.ansible.playbook(playbook, self.inventory, *args,
+                                     extra={**(extra or {}), "provision_results_dir": str(self.results(results))})
+
+    def rerun_changes_nothing(self, host: str, results: str, extra: Mapping[str, object]) -> None:
+        """The same play again on `host`: nothing changes, nothing fails."""
+        again = self.play(results, "--limit", host, extra=extra)
+        assert again.recap[host]["changed"] == 0 and again.recap[host]["failed"] == 0, again.output
 
 
 def _environment(home: Path) -> dict[str, str]:
@@ -100,8 +111,7 @@ def _report(results: Path) -> dict[str, dict[str, object]]:
 def test_check_then_run_then_rerun(fleet: Fleet) -> None:
     # --check --diff: what would change, and nothing changes on any host
     before = fleet.digests()
-    checked = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--check", "--diff",
-                                     extra={"provision_results_dir": str(fleet.results("check"))})
+    checked = fleet.play("check", "--check", "--diff")
     assert fleet.digests() == before, checked.output
     assert checked.recap["gpu"]["changed"] == 1, checked.output
     assert checked.recap["cpu"]["changed"] == 0 and checked.recap["realdir"]["changed"] == 0, checked.output
@@ -110,8 +120,7 @@ def test_check_then_run_then_rerun(fleet: Fleet) -> None:
     assert os.readlink(fleet.hosts.by_name("gpu").root / "usr/local/cuda") == "cuda-12.8"
 
     # the real run: only the gpu host changes (its link); three hosts, three verdicts
-    ran = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--diff",
-                                 extra={"provision_results_dir": str(fleet.results("first"))})
+    ran = fleet.play("first", "--diff")
     assert "Traceback" not in ran.output
     assert {h: r["changed"] for h, r in ran.recap.items()} == {"gpu": 1, "cpu": 0, "realdir": 0}, ran.output
     assert os.readlink(fleet.hosts.by_name("gpu").root / "usr/local/cuda") == "cuda-12.6"
@@ -132,8 +141,7 @@ def test_check_then_run_then_rerun(fleet: Fleet) -> None:
     assert "provision fleet report" in ran.output and "realdir" in ran.output
 
     # a second run changes nothing anywhere
-    again = fleet.ansible.playbook(PLAYBOOK, fleet.inventory,
-                                   extra={"provision_results_dir": str(fleet.results("second"))})
+    again = fleet.play("second")
     assert {h: r["changed"] for h, r in again.recap.items()} == {"gpu": 0, "cpu": 0, "realdir": 0}, again.output
 
 
@@ -149,8 +157,7 @@ def test_a_host_cut_mid_run_is_a_row_that_says_so(fleet: Fleet) -> None:
         {"import_playbook": PLAYBOOK},
     ]))
     try:
-        played = fleet.ansible.playbook(cut, fleet.inventory,
-                                        extra={"provision_results_dir": str(fleet.results("cut"))})
+        played = fleet.play("cut", playbook=cut)
     finally:
         fleet.hosts.restore(cpu)
     assert played.recap["cpu"]["ok"] >= 1, played.output           # it answered the ping first
@@ -167,18 +174,14 @@ def test_env_present_on_one_host(fleet: Fleet) -> None:
     prefix = cpu.directory / "envs" / "llm"
     extra = {"provision_state": "env_present", "provision_env": str(prefix), "provision_profile": "cpu",
              "provision_cuda": ""}
-    checked = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "cpu", "--check", "--diff",
-                                     extra={**extra, "provision_results_dir": str(fleet.results("env-check"))})
+    checked = fleet.play("env-check", "--limit", "cpu", "--check", "--diff", extra=extra)
     assert checked.recap["cpu"]["changed"] == 1 and not prefix.exists(), checked.output
-    built = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "cpu", "--diff",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("env"))})
+    built = fleet.play("env", "--limit", "cpu", "--diff", extra=extra)
     assert built.recap["cpu"]["changed"] == 1 and built.recap["cpu"]["failed"] == 0, built.output
     assert '+  "profile": {' in built.output                 # the new lock, in the diff
     rows = _report(fleet.results("env"))
     assert (rows["cpu"]["profile"], rows["cpu"]["torch"], rows["cpu"]["verdict"]) == ("cpu", "2.13.0+cpu", "warn")
-    again = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "cpu",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("env-again"))})
-    assert again.recap["cpu"]["changed"] == 0 and again.recap["cpu"]["failed"] == 0, again.output
+    fleet.rerun_changes_nothing("cpu", "env-again", extra)
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +203,12 @@ def test_the_role_installs_the_wheel_then_runs_the_module(fleet: Fleet, wheelhou
     extra = {"provision_wheel": str(wheel), "provision_venv": str(gpu.directory / "tool"),
              "provision_stage_dir": str(gpu.directory / "stage"), "provision_install_python": sys.executable,
              "provision_pip_args": ["--no-index", "--find-links", str(wheelhouse)], "provision_cuda": ""}
-    first = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "gpu",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("role"))})
+    first = fleet.play("role", "--limit", "gpu", extra=extra)
     assert first.recap["gpu"]["changed"] >= 2 and first.recap["gpu"]["failed"] == 0, first.output
     result = json.loads((fleet.results("role") / "gpu.json").read_text())
     assert result["commands"][0].startswith(f"{gpu.directory / 'tool/bin/provision'} --root ")
     assert _report(fleet.results("role"))["gpu"]["verdict"] == "ok"
-    again = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "gpu",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("role-again"))})
-    assert again.recap["gpu"]["changed"] == 0 and again.recap["gpu"]["failed"] == 0, again.output
+    fleet.rerun_changes_nothing("gpu", "role-again", extra)
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +234,7 @@ def test_the_role_installs_from_a_bundle_and_builds_offline(fleet: Fleet, bundle
     extra = {"provision_bundle": str(bundle), "provision_venv": str(cpu.directory / "tool-from-bundle"),
              "provision_stage_dir": str(cpu.directory / "stage"), "provision_install_python": sys.executable,
              "provision_state": "env_present", "provision_env": str(prefix), "provision_cuda": ""}
-    first = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "cpu",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("bundle"))})
+    first = fleet.play("bundle", "--limit", "cpu", extra=extra)
     assert first.recap["cpu"]["failed"] == 0, first.output
     result = json.loads((fleet.results("bundle") / "cpu.json").read_text())
     assert result["commands"][0].startswith(f"{cpu.directory / 'tool-from-bundle/bin/provision'} --root ")
@@ -243,6 +242,4 @@ def test_the_role_installs_from_a_bundle_and_builds_offline(fleet: Fleet, bundle
     assert result["changed"] is True and result["document"]["status"] == "created"
     row = _report(fleet.results("bundle"))["cpu"]
     assert (row["profile"], row["torch"]) == ("cpu", "2.13.0+cpu")
-    again = fleet.ansible.playbook(PLAYBOOK, fleet.inventory, "--limit", "cpu",
-                                   extra={**extra, "provision_results_dir": str(fleet.results("bundle-again"))})
-    assert again.recap["cpu"]["changed"] == 0 and again.recap["cpu"]["failed"] == 0, again.output
+    fleet.rerun_changes_nothing("cpu", "bundle-again", extra)

@@ -12,6 +12,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,15 @@ class Running:
                 self.proc.wait()
         self._reader.join(10)
         return self.proc.returncode
+
+
+@contextmanager
+def started(args: list[str], home: Path) -> Iterator[Running]:
+    """`provision ARGS...` in an environment isolated under `home`, stopped at the end with Ctrl-C: it must
+    exit 0 or 130, with no traceback in its output."""
+    running = Running(args, isolated_environ(home))
+    try:
+        yield running
+    finally:
+        assert running.stop() in (0, 130), running.log
+        assert "Traceback" not in running.log, running.log

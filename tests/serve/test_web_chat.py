@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.serve.running import QUESTION, REPLY, TINY, Running, isolated_environ
+from tests.serve.running import QUESTION, REPLY, TINY, Running, started
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is in the test extra (pip install -e .[test])")
 
@@ -25,14 +25,9 @@ FACTS_TEXT = "document.querySelector('#facts').innerText"
 
 @pytest.fixture(scope="module")
 def web(web_env_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    env = isolated_environ(tmp_path_factory.mktemp("web-home"))
-    running = Running(["chat", "--web", str(TINY), "--env", str(web_env_python.parent.parent), "--port", "0",
-                       "--greedy", "--max-new-tokens", "100000"], env)
-    try:
+    with started(["chat", "--web", str(TINY), "--env", str(web_env_python.parent.parent), "--port", "0", "--greedy",
+                  "--max-new-tokens", "100000"], tmp_path_factory.mktemp("web-home")) as running:
         yield running
-    finally:
-        assert running.stop() in (0, 130), running.log
-        assert "Traceback" not in running.log, running.log
 
 
 @pytest.fixture(scope="module")

@@ -272,6 +272,20 @@ def _values(p: dict[str, Any], table: tuple[tuple[str, str], ...]) -> list[str]:
     return out
 
 
+def _named(p: dict[str, Any]) -> list[str]:
+    """What `up` and `env create` take alike: --profile, --cuda, --bundle (when set), --allow-insecure-index."""
+    out: list[str] = []
+    for key in ("profile", "cuda", "bundle"):
+        if p[key]:
+            out += [f"--{key}", p[key]]
+    return out + (["--allow-insecure-index"] if p["allow_insecure_index"] else [])
+
+
+def _diff(header: str, before: str, after: str) -> dict[str, str]:
+    """One entry of the module's `diff` (Ansible's before/after form)."""
+    return {"before_header": header, "after_header": header, "before": before, "after": after}
+
+
 def _link_line(link: Any) -> str:
     if not isinstance(link, dict):
         return "unknown\n"
@@ -335,9 +349,8 @@ class Run:
             return
         self.result["changed"] = True
         target = plan.get("link_text") or (plan.get("toolkit") or {}).get("path")
-        self.diffs.append({"before_header": f"{LINK} (root {self.p['root'] or '/'})",
-                           "after_header": f"{LINK} (root {self.p['root'] or '/'})",
-                           "before": _link_line(plan.get("current")), "after": f"{LINK} -> {target}\n"})
+        self.diffs.append(_diff(f"{LINK} (root {self.p['root'] or '/'})", _link_line(plan.get("current")),
+                                f"{LINK} -> {target}\n"))
         if not self.check:
             _, doc = tool.run(["cuda", "switch", self.p["cuda"], "--json"])
             self.result["cuda"] = doc
@@ -345,12 +358,8 @@ class Run:
     def env_present(self, tool: Tool) -> None:
         p = self.p
         before = _lock(tool, p["env"]) if self.module._diff else None
-        args = ["env", "create", "--json", *_env_args(p["env"]), *_values(p, SHARED_VALUES), *_values(p, ENV_VALUES)]
-        args += ["--profile", p["profile"]] if p["profile"] else []
-        args += ["--cuda", p["cuda"]] if p["cuda"] else []
-        args += ["--bundle", p["bundle"]] if p["bundle"] else []
-        args += ["--allow-insecure-index"] if p["allow_insecure_index"] else []
-        args += ["--force"] if p["force"] else []
+        args = ["env", "create", "--json", *_env_args(p["env"]), *_values(p, SHARED_VALUES), *_values(p, ENV_VALUES),
+                *_named(p), *(["--force"] if p["force"] else [])]
         if self.check:
             _, doc = tool.run([*args, "--dry-run"])
             self.result["changed"] = (doc.get("plan") or {}).get("action") != "up-to-date"
@@ -361,18 +370,14 @@ class Run:
         prefix = doc.get("prefix") or (doc.get("plan") or {}).get("prefix")
         if self.result["changed"] and self.module._diff:
             after = (_lock(tool, prefix) if not self.check else None) or "(the lock of the new build)\n"
-            self.diffs.append({"before_header": "environment lock", "after_header": "environment lock",
-                               "before": before or "", "after": after})
+            self.diffs.append(_diff("environment lock", before or "", after))
         self.verify(tool, prefix if prefix and not self.check else p["env"], quiet=True)
 
     def up(self, tool: Tool) -> None:
         p = self.p
         link_before = self.link(tool) if self.module._diff else None
-        args = ["up", "--yes", "--json", *_env_args(p["env"]), *_values(p, SHARED_VALUES), *_values(p, UP_VALUES)]
-        args += ["--profile", p["profile"]] if p["profile"] else []
-        args += ["--cuda", p["cuda"]] if p["cuda"] else []
-        args += ["--bundle", p["bundle"]] if p["bundle"] else []
-        args += ["--allow-insecure-index"] if p["allow_insecure_index"] else []
+        args = ["up", "--yes", "--json", *_env_args(p["env"]), *_values(p, SHARED_VALUES), *_values(p, UP_VALUES),
+                *_named(p)]
         if self.check:
             _, doc = tool.run([*args, "--dry-run"])
             self.result["changed"] = any(isinstance(s, dict) and s.get("status") == "todo"
@@ -384,8 +389,7 @@ class Run:
         if self.module._diff and not self.check:
             link_after = self.link(tool)
             if link_before != link_after:
-                self.diffs.append({"before_header": LINK, "after_header": LINK,
-                                   "before": link_before or "", "after": link_after or ""})
+                self.diffs.append(_diff(LINK, link_before or "", link_after or ""))
         env = (doc.get("summary") or {}).get("environment") if not self.check else None
         self.verify(tool, env if isinstance(env, str) and env.startswith("/") else p["env"], quiet=True)
 
