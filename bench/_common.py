@@ -19,6 +19,12 @@ TINY_MODEL = REPO / "tests" / "fixtures" / "tiny-qwen2"
 CHAT_ENV_REQUIREMENTS = ("torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "bitsandbytes==0.50.2")
 PROVISION = [sys.executable, "-m", "provisioner"]
 
+# Measure the tools as a user's machine runs them: with bytecode caches. A shell that sets
+# PYTHONDONTWRITEBYTECODE (some containers do) would have provision, installed editable from this
+# checkout, compile its modules on every start (about 60 ms of a repeated verify) while the
+# anchors' installed packages have their .pyc files. The unmeasured first round writes them.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def cache_home(environ: Mapping[str, str]) -> Path:
     value = environ.get("XDG_CACHE_HOME", "")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from provisioner import yamldata
 
 DATA_FILE = Path(__file__).parent / "data" / "known-messages.yaml"
 _FIELDS = ("id", "pattern", "cause", "fix", "source")
@@ -63,7 +63,7 @@ class KnownMessage:
 
 def load(path: Path = DATA_FILE) -> tuple[KnownMessage, ...]:
     """Parse the table; a malformed entry is a bug in the shipped data, so it raises ValueError."""
-    doc: Any = yaml.safe_load(path.read_text())
+    doc: Any = yamldata.load(path.read_text())
     entries = doc.get("messages") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f"{path.name}: expected a top-level 'messages' list")

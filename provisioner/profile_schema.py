@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 import provisioner
+from provisioner import yamldata
 from provisioner.errors import ProfileError, ProvisionError
 from provisioner.versions import CudaVersion, DriverVersion
 
@@ -146,7 +148,7 @@ def _read(path: Path, shown: str) -> dict[Any, Any]:
     except UnicodeDecodeError:
         raise InvalidProfile([f"{shown}: not a UTF-8 text file"]) from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yamldata.load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

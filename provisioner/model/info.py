@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from provisioner import yamldata
 
 from provisioner.errors import ProvisionError, UsageError
 
@@ -302,7 +302,7 @@ def _normalize(name: str) -> str:
 @lru_cache(maxsize=1)
 def table() -> tuple[TableEntry, ...]:
     """The Qwen models in data/qwen-models.yaml, with specs computed from their config values."""
-    doc = yaml.safe_load(TABLE_PATH.read_text())
+    doc = yamldata.load(TABLE_PATH.read_text())
     families = doc["families"]
     entries = []
     for row in doc["models"]:

@@ -2,7 +2,8 @@
 
 Standalone: it imports nothing from provisioner and only the stdlib at the top, because it runs
 in the environment under test, which need not have provisioner (or even torch) installed; its one
-sibling, _bnb_import, imports bitsandbytes without building torch.compile wrappers at import time.
+sibling, _bnb_import, imports bitsandbytes without building torch.compile wrappers at import time and
+without loading torch._dynamo at its first 4-bit op (see there).
 Each section is guarded, so a broken torch is reported instead of hiding everything else.
 Usage: python probe_env.py [--metadata-only]   (smoke_chat.py --probe-out runs main() in its process)
 """

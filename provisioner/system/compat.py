@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import yaml
+from provisioner import yamldata
 
 from provisioner.versions import CudaVersion, DriverVersion
 
@@ -81,7 +81,7 @@ def _parse(doc: dict[str, Any]) -> DriverTable:
 def table() -> DriverTable:
     """The parsed data file, read once per process."""
     text = resources.files("provisioner").joinpath("data").joinpath(DATA_FILE).read_text(encoding="utf-8")
-    return _parse(yaml.safe_load(text))
+    return _parse(yamldata.load(text))
 
 
 def toolkit_row(v: CudaVersion) -> ToolkitRow | None:

@@ -5,7 +5,7 @@ import functools
 import re
 from pathlib import Path
 
-import yaml
+from provisioner import yamldata
 
 DATA_FILE = Path(__file__).parent.parent / "data" / "gpu-archs.yaml"
 SOURCE = "NVIDIA CUDA GPUs compute capability table (data/gpu-archs.yaml)"
@@ -13,7 +13,7 @@ SOURCE = "NVIDIA CUDA GPUs compute capability table (data/gpu-archs.yaml)"
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[tuple[re.Pattern[str], tuple[int, int], str], ...]:
-    doc = yaml.safe_load(DATA_FILE.read_text())
+    doc = yamldata.load(DATA_FILE.read_text())
     out = []
     for entry in doc["archs"]:
         major, minor = str(entry["cc"]).split(".")
