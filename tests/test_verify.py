@@ -256,7 +256,8 @@ def test_cpu_wheel_without_driver_is_right(chat_probe: dict[str, Any], chat_env_
     c = _env_checks(chat_probe, gpu.DriverInfo("no-library"), chat_env_python)
     assert c["env.torch_cuda"].status is Status.OK
     assert c["env.torch_cuda"].message == "CPU-only build, as fits this machine (no NVIDIA driver)"
-    assert [c[i].status for i in ("env.python", "env.torch", "env.packages", "env.bitsandbytes")] == [Status.OK] * 4
+    assert [c[i].status for i in ("env.python", "env.torch", "env.packages", "env.requirements",
+                                  "env.bitsandbytes")] == [Status.OK] * 5
     assert c["env.bitsandbytes"].message.startswith(
         "bitsandbytes 0.50.2, native library libbitsandbytes_cpu.so; 4-bit NF4 matmul on cpu matches fp32")
 
@@ -491,7 +492,7 @@ def test_whole_json_document(root: Path, fake_machine: MachineFactory, chat_env_
         ("gpu.0", "ok"), ("gpu.0.memory", "warn"), ("gpu.0.bandwidth", "ok"), ("gpu.0.processes", "ok"),
         ("cuda.link", "ok"), ("cuda.driver", "warn"), ("cuda.nvcc_path", "warn"),
         ("env.python", "ok"), ("env.torch", "ok"), ("env.torch_cuda", "fail"), ("env.torch_arch", "skip"),
-        ("env.packages", "ok"), ("env.bitsandbytes", "ok")]
+        ("env.packages", "ok"), ("env.requirements", "ok"), ("env.bitsandbytes", "ok")]
     assert got["driver"]["message"] == "NVIDIA driver 560.35.03 loaded (NVML 12.560.35.03), 1 GPU(s)"
     assert got["driver"]["fix"] is None
     assert got["driver.cuda"]["data"] == {"cuda": "12.6"}

@@ -112,12 +112,14 @@ def _gpus(info: gpu.DriverInfo) -> tuple[gpu.GpuInfo, ...]:
 
 def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Profile | None,
               *, ctx: EnvContext | None = None, probe_error: str | None = None) -> list[Check]:
-    """env.python, env.torch, env.torch_cuda, env.torch_arch, env.packages, env.bitsandbytes."""
+    """env.python, env.torch, env.torch_cuda, env.torch_arch, env.packages, env.requirements,
+    env.bitsandbytes."""
     ctx = ctx or EnvContext(profile=profile)
     if ctx.profile is not profile:
         ctx = replace(ctx, profile=profile)
     where = ctx.target.describe() if ctx.target else "the environment"
-    ids = ("env.torch", "env.torch_cuda", "env.torch_arch", "env.packages", "env.bitsandbytes")
+    ids = ("env.torch", "env.torch_cuda", "env.torch_arch", "env.packages", "env.requirements",
+           "env.bitsandbytes")
     if probe is None:
         msg = f"cannot run the Python of {where}: {probe_error or 'no result'}"
         fresh = _provision(ctx.root, "env create --profile "
@@ -138,6 +140,7 @@ def check_env(probe: Mapping[str, Any] | None, info: gpu.DriverInfo, profile: Pr
     checks.append(_check_torch_cuda(torch, info, ctx))
     checks.append(_check_torch_arch(torch, info, ctx))
     checks.append(_check_packages(pkgs, ctx))
+    checks.append(check_requirements(probe.get("requirements"), pkgs, py, ctx))
     checks.append(_check_bnb(pkgs, torch, probe.get("bitsandbytes"), info, ctx))
     return checks
 
@@ -329,6 +332,69 @@ def _check_packages(pkgs: Mapping[str, str | None], ctx: EnvContext) -> Check:
     shown = ", ".join(f"{n} {installed[n]}" for n in profile.packages if n in installed)
     return Check(cid, Status.OK, f"{shown or 'nothing to compare'} within profile {profile.name}'s ranges",
                  None, data)
+
+
+def _marker_environment(py: Mapping[str, Any]) -> dict[str, str]:
+    """PEP 508 marker values of the environment's Python, as the probe saw it (not this process's)."""
+    version = str(py.get("version") or "")
+    return {"python_version": ".".join(version.split(".")[:2]), "python_full_version": version,
+            "platform_machine": str(py.get("machine") or ""), "sys_platform": str(py.get("platform") or "linux"),
+            "platform_system": str(py.get("system") or "Linux"), "os_name": "posix",
+            "implementation_name": str(py.get("implementation") or "CPython").lower(),
+            "platform_python_implementation": str(py.get("implementation") or "CPython"), "extra": ""}
+
+
+def check_requirements(reqs: Mapping[str, Any] | None, pkgs: Mapping[str, str | None],
+                       py: Mapping[str, Any], ctx: EnvContext) -> Check:
+    """env.requirements: what torch, transformers, accelerate and bitsandbytes declare they need, against
+    what is installed, pip-check style for the stack. A broken one fails the user's load rather than the
+    probe, which imports torch and bitsandbytes only: transformers refuses to import with tokenizers or
+    huggingface-hub outside its range; torch._dynamo, which transformers imports to load a model and
+    the probe does not, needs torch's sympy."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    cid = "env.requirements"
+    if not reqs or not isinstance(reqs.get("declared"), Mapping):
+        return Check(cid, Status.SKIP, "the probe did not read the packages' declared requirements", None, {})
+    installed = {canonicalize_name(str(k)): v for k, v in (reqs.get("installed") or {}).items()}
+    marker_env = _marker_environment(py)
+    problems: list[dict[str, Any]] = []
+    checked = 0
+    for requirer, lines in reqs["declared"].items():
+        for line in lines or []:
+            try:
+                req = Requirement(str(line))
+            except InvalidRequirement:
+                continue
+            if req.marker is not None and not req.marker.evaluate(marker_env):
+                continue
+            checked += 1
+            have = installed.get(canonicalize_name(req.name))
+            try:
+                ok = have is not None and req.specifier.contains(Version(str(have)), prereleases=True)
+            except InvalidVersion:
+                ok = True                                  # not comparable: not ours to judge
+            if not ok:
+                problems.append({"requirer": requirer, "version": pkgs.get(requirer),
+                                 "requirement": str(req), "name": req.name, "installed": have})
+    data = {"checked": checked, "problems": problems}
+    if not problems:
+        names = ", ".join(reqs["declared"])
+        return Check(cid, Status.OK, f"{checked} requirements of {names or 'nothing'} met", None, data)
+    said = [f"{p['requirer']} {p['version'] or ''} requires {p['requirement']}, "
+            f"{'installed ' + str(p['installed']) if p['installed'] else 'not installed'}".replace("  ", " ")
+            for p in problems]
+    more = f"; and {len(said) - 3} more" if len(said) > 3 else ""
+    torch_family = ("torch", "torchvision", "torchaudio")
+    fixes = [_torch_fix(ctx, ctx.fix_profile or ctx.profile)
+             if any(canonicalize_name(p["name"]) in torch_family for p in problems) else None]
+    wanted = list(dict.fromkeys(p["requirement"] for p in problems
+                                if canonicalize_name(p["name"]) not in torch_family))
+    if wanted:
+        fixes.append(f"{_pip(ctx)} install " + " ".join(shlex.quote(w) for w in wanted))
+    return Check(cid, Status.FAIL, "; ".join(said[:3]) + more, " && ".join(f for f in fixes if f) or None, data)
 
 
 def _check_bnb(pkgs: Mapping[str, str | None], torch: Mapping[str, Any], bnb: Mapping[str, Any] | None,

@@ -53,10 +53,43 @@ def packages() -> dict[str, Any]:
     return found
 
 
+#: The stack whose declared requirements are reported: a requirement they declare and the env breaks
+#: (tokenizers for transformers, sympy for torch._dynamo) fails the user's load, not this probe.
+REQUIRERS = ("torch", "transformers", "accelerate", "bitsandbytes")
+
+
+def requirements() -> dict[str, Any]:
+    """Each stack package's Requires-Dist lines, and the installed version (or None) of every
+    distribution they name. Judged by provision (env.requirements), which has `packaging`."""
+    import re
+    try:
+        from importlib import metadata
+    except ImportError:  # Python < 3.8
+        return {}
+    declared: dict[str, Any] = {}
+    installed: dict[str, Any] = {}
+    for name in REQUIRERS:
+        try:
+            lines = list(metadata.requires(name) or [])
+        except Exception:
+            continue                                   # not installed: env.packages says so
+        # a line only for an extra nobody asked for here is left out (transformers has hundreds)
+        declared[name] = [line for line in lines if not re.search(r"\bextra\s*==", line)]
+        for line in declared[name]:
+            found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+            if found and found.group(1) not in installed:
+                try:
+                    installed[found.group(1)] = metadata.version(found.group(1))
+                except Exception:
+                    installed[found.group(1)] = None
+    return {"declared": declared, "installed": installed}
+
+
 def python_info() -> dict[str, Any]:
     return {"version": platform.python_version(), "executable": sys.executable,
             "prefix": sys.prefix, "implementation": platform.python_implementation(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "full_version": platform.python_version(),
+            "platform": sys.platform, "system": platform.system()}
 
 
 class _Capture(logging.Handler):
@@ -233,6 +266,7 @@ def matmul_4bit(torch: Any, bnb: Any) -> dict[str, Any]:
 def main(argv: list[str]) -> dict[str, Any]:
     t0 = time.monotonic()
     report: dict[str, Any] = {"probe": PROBE_VERSION, "python": python_info(), "packages": packages(),
+                              "requirements": requirements(),
                     "environ": {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "BNB_CUDA_VERSION",
                                                            "LD_LIBRARY_PATH", "CUDA_HOME")
                                 if k in os.environ}}
