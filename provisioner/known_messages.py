@@ -17,7 +17,7 @@ _OPTIONAL = ("regex", "cause_id", "values")
 CAUSE_IDS = ("driver-too-old", "driver-mismatch", "driver-not-loaded", "no-gpu-visible", "torch-cpu-build",
              "gpu-arch-unsupported", "toolkit-torch-mismatch", "cuda-runtime-missing", "out-of-memory",
              "offloaded", "bnb-cpu-library", "bnb-outdated", "bnb-cuda-version-override", "nvcc-not-found",
-             "other")
+             "package-requirement", "other")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ _FIXES = {
 #: Root causes first: a driver problem explains everything above it, and so on down.
 PRIORITY = ("driver-mismatch", "driver-not-loaded", "driver-too-old", "no-gpu-visible",
             "bnb-cuda-version-override", "torch-cpu-build", "gpu-arch-unsupported", "toolkit-torch-mismatch",
-            "cuda-runtime-missing", "bnb-cpu-library", "bnb-outdated", "out-of-memory", "offloaded",
-            "nvcc-not-found", "other")
+            "cuda-runtime-missing", "package-requirement", "bnb-cpu-library", "bnb-outdated", "out-of-memory",
+            "offloaded", "nvcc-not-found", "other")
 #: What each cause brings about: when both are in a paste, the second is reported as following
 #: from the first (its own message stays visible) instead of as a second problem.
 CONSEQUENCES: dict[str, frozenset[str]] = {
