@@ -50,7 +50,8 @@ def _dynamo_when_loaded(real: Any) -> Any:
     def disable(fn: Any = None, recursive: bool = True) -> Any:
         if fn is None:                         # used as @torch._disable_dynamo(recursive=False)
             return functools.partial(disable, recursive=recursive)
-        guarded = real(fn, recursive)
+        # called as torch calls it (`@torch._disable_dynamo`, or with recursive=False)
+        guarded = real(fn) if recursive else real(fn, recursive=False)
 
         @functools.wraps(fn)
         def call(*args: Any, **kw: Any) -> Any:
