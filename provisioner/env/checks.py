@@ -377,8 +377,10 @@ def check_requirements(reqs: Mapping[str, Any] | None, pkgs: Mapping[str, str | 
             except InvalidVersion:
                 ok = True                                  # not comparable: not ours to judge
             if not ok:
+                extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
                 problems.append({"requirer": requirer, "version": pkgs.get(requirer),
-                                 "requirement": str(req), "name": req.name, "installed": have})
+                                 "requirement": f"{req.name}{extras}{req.specifier}", "name": req.name,
+                                 "installed": have})
     data = {"checked": checked, "problems": problems}
     if not problems:
         names = ", ".join(reqs["declared"])

@@ -88,8 +88,7 @@ def requirements() -> dict[str, Any]:
 def python_info() -> dict[str, Any]:
     return {"version": platform.python_version(), "executable": sys.executable,
             "prefix": sys.prefix, "implementation": platform.python_implementation(),
-            "machine": platform.machine(), "full_version": platform.python_version(),
-            "platform": sys.platform, "system": platform.system()}
+            "machine": platform.machine(), "platform": sys.platform, "system": platform.system()}
 
 
 class _Capture(logging.Handler):
