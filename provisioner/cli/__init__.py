@@ -97,8 +97,30 @@ class ProvisionGroup(click.Group):
         except KeyboardInterrupt:
             if os.environ.get("PROVISION_DEBUG") == "1":
                 raise
-            _fail(ctx, "interrupted", "run the same command again: `up` and `model download` resume where they "
-                  "stopped; a half-built environment is rebuilt by `env create --force`", 130)
+            _interrupted(ctx)
+        except Exception as e:
+            # Python 3.11 re-raises what a descriptor's __set_name__ raises as a RuntimeError: a Ctrl-C
+            # that lands while a module defining a dataclass is imported arrives in that form.
+            if not _from_interrupt(e) or os.environ.get("PROVISION_DEBUG") == "1":
+                raise
+            _interrupted(ctx)
+
+
+def _from_interrupt(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in the chain of exceptions that led to `e`."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and not any(cur is s for s in seen):
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _interrupted(ctx: click.Context) -> None:
+    _fail(ctx, "interrupted", "run the same command again: `up` and `model download` resume where they "
+          "stopped; a half-built environment is rebuilt by `env create --force`", 130)
 
 
 def _wants_json(app: App | None) -> bool:
