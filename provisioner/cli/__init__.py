@@ -108,12 +108,12 @@ class ProvisionGroup(click.Group):
 
 def _from_interrupt(e: BaseException) -> bool:
     """Whether a KeyboardInterrupt is in the chain of exceptions that led to `e`."""
-    seen: list[BaseException] = []
+    seen: set[int] = set()
     cur: BaseException | None = e
-    while cur is not None and not any(cur is s for s in seen):
+    while cur is not None and id(cur) not in seen:
         if isinstance(cur, KeyboardInterrupt):
             return True
-        seen.append(cur)
+        seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return False
 

@@ -385,9 +385,8 @@ def check_requirements(reqs: Mapping[str, Any] | None, pkgs: Mapping[str, str | 
     if not problems:
         names = ", ".join(reqs["declared"])
         return Check(cid, Status.OK, f"{checked} requirements of {names or 'nothing'} met", None, data)
-    said = [f"{p['requirer']} {p['version'] or ''} requires {p['requirement']}, "
-            f"{'installed ' + str(p['installed']) if p['installed'] else 'not installed'}".replace("  ", " ")
-            for p in problems]
+    said = [" ".join(filter(None, (p["requirer"], p["version"]))) + f" requires {p['requirement']}, "
+            + (f"installed {p['installed']}" if p["installed"] else "not installed") for p in problems]
     more = f"; and {len(said) - 3} more" if len(said) > 3 else ""
     torch_family = ("torch", "torchvision", "torchaudio")
     fixes = [_torch_fix(ctx, ctx.fix_profile or ctx.profile)

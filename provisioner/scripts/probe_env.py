@@ -38,19 +38,18 @@ def _tail(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])[-3000:]
 
 
-def packages() -> dict[str, Any]:
-    """Versions from distribution metadata: works when the package itself cannot be imported."""
+def _version(name: str) -> str | None:
+    """A distribution's version from its metadata (None: not installed, or no metadata to read)."""
     try:
         from importlib import metadata
-    except ImportError:  # Python < 3.8
-        return {name: None for name in PACKAGES}
-    found: dict[str, Any] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except Exception:
-            found[name] = None
-    return found
+        return metadata.version(name)
+    except Exception:  # not installed; Python < 3.8 has no importlib.metadata
+        return None
+
+
+def packages() -> dict[str, Any]:
+    """Versions from distribution metadata: works when the package itself cannot be imported."""
+    return {name: _version(name) for name in PACKAGES}
 
 
 #: The stack whose declared requirements are reported: a requirement they declare and the env breaks
@@ -78,10 +77,7 @@ def requirements() -> dict[str, Any]:
         for line in declared[name]:
             found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
             if found and found.group(1) not in installed:
-                try:
-                    installed[found.group(1)] = metadata.version(found.group(1))
-                except Exception:
-                    installed[found.group(1)] = None
+                installed[found.group(1)] = _version(found.group(1))
     return {"declared": declared, "installed": installed}
 
 
